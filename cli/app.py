@@ -1,0 +1,30 @@
+"""The typer application object and its error handling, shared by every command module."""
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+from prismer_core.errors import PrismerError
+
+
+class PrismerGroup(TyperGroup):
+    """Turns a PrismerError raised anywhere below into one 'Error: …' line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PrismerError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+def new_app(help: str) -> typer.Typer:
+    return typer.Typer(
+        cls=PrismerGroup,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )

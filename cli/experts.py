@@ -1,0 +1,98 @@
+"""`prismer experts …`: what the installed plugins provide and whether it can run here."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prismer_core.registry import get_registry
+
+from .app import new_app
+
+app = new_app("List and inspect the installed experts (built-in and third-party plugins).")
+
+
+def _rows() -> list[dict]:
+    registry = get_registry()
+    rows = []
+    for name in sorted(registry.experts):
+        entry = registry.experts[name]
+        spec = entry.spec
+        rows.append(
+            {
+                "name": name,
+                "kind": spec.kind.value if spec else "?",
+                "channels": (64 if spec.is_semantic else spec.channels) if spec else None,
+                "package": entry.plugin.distribution,
+                "version": spec.version if spec else "",
+                "package_version": entry.plugin.version,
+                "plugin": entry.plugin.name,
+                "status": entry.status_text(),
+                "ready": entry.status == "ok" and entry.readiness().ready,
+            }
+        )
+    for record in sorted(registry.plugins.values(), key=lambda r: r.name):
+        if record.status != "ok" and not record.experts:
+            rows.append(
+                {
+                    "name": f"({record.name})",
+                    "kind": "",
+                    "channels": None,
+                    "package": record.distribution,
+                    "version": "",
+                    "package_version": record.version,
+                    "plugin": record.name,
+                    "status": f"broken: {record.reason}",
+                    "ready": False,
+                }
+            )
+    return rows
+
+
+@app.command("list")
+def list_experts(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list for scripts."),
+) -> None:
+    """Show every expert: kind, channels fed to the model, package, version and status.
+
+    Semantic experts feed 64 channels (label embeddings); a broken plugin appears in
+    brackets with the reason it failed.
+    """
+    rows = _rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Prismer experts")
+    for column in ("name", "kind", "channels", "package", "version", "status"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        status = row["status"]
+        style = "green" if row["ready"] else ("red" if status.startswith(("broken", "conflict", "incompatible")) else "yellow")
+        table.add_row(
+            row["name"], row["kind"], "" if row["channels"] is None else str(row["channels"]),
+            f"{row['package']} {row['package_version']}".strip(), row["version"],
+            f"[{style}]{status}[/{style}]",
+        )
+    Console(width=max(120, Console().width)).print(table)
+
+
+@app.command("info")
+def info(name: str = typer.Argument(..., help="Expert name, as shown by 'prismer experts list'.")) -> None:
+    """Show everything an expert declares, where it comes from, and whether it is ready."""
+    registry = get_registry()
+    entry = registry.entry(name)
+    details = {"name": name, "plugin": entry.plugin.name, "package": entry.plugin.package}
+    if entry.spec is not None:
+        details.update(entry.spec.to_dict())
+        if entry.spec.vocabulary:
+            shown = list(entry.spec.vocabulary[:20])
+            details["vocabulary"] = shown + ([f"… {len(entry.spec.vocabulary) - 20} more"] if len(entry.spec.vocabulary) > 20 else [])
+    details["status"] = entry.status_text()
+    width = max(len(k) for k in details)
+    for key, value in details.items():
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or "-"
+        typer.echo(f"{key:<{width}}  {value}")

@@ -1,0 +1,39 @@
+"""`prismer label`: fill a label store with expert outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from prismer_core.registry import parse_expert_names
+
+
+def label(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="A folder of images, one image, or a JSONL manifest with an 'image' field."),
+    experts: str = typer.Option(..., "--experts", "-e", help="Comma-separated expert names, e.g. edge,ocr (see 'prismer experts list')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Label store folder; created if missing, resumed if present."),
+    visualize: bool = typer.Option(False, "--visualize", help="Also write PNG previews under OUT/previews/."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per expert call."),
+    shard: str = typer.Option(None, "--shard", help="Label only shard i of n (i/n); run n of these, on n processes or GPUs, into the same --out."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip unreadable images (counted at the end) instead of stopping."),
+    device: str = typer.Option("cpu", "--device", help="Where experts run: cpu, cuda, cuda:1 ..."),
+) -> None:
+    """Label images with experts into a resumable label store.
+
+    Each output is written atomically as OUT/<expert>/<image>.npz; re-running the same
+    command skips finished images, so an interrupted run is finished by running it again.
+    """
+    from prismer_core.labeling import label_images
+
+    report = label_images(
+        input_path, parse_expert_names(experts), out,
+        batch_size=batch_size, visualize=visualize, shard=shard,
+        skip_bad_images=skip_bad_images, device=device,
+    )
+    typer.echo(
+        f"labelled {report.labelled} images ({report.images_per_second:.2f} images/s), "
+        f"{report.skipped_done} already done, {report.files_written} files written to {out}"
+    )
+    if report.bad_images:
+        typer.echo(f"skipped {len(report.bad_images)} unreadable images", err=True)

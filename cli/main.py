@@ -1,0 +1,16 @@
+"""Entry point of the `prismer` command: collects the command groups."""
+
+from __future__ import annotations
+
+from .app import new_app
+from . import experts, label
+
+app = new_app(
+    "Prismer: a vision-language model that pools frozen, pluggable vision experts.\n\n"
+    "Start with [bold]prismer experts list[/bold] to see which experts are installed and ready."
+)
+app.add_typer(experts.app, name="experts")
+app.command("label")(label.label)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,132 @@
+"""The label store: expert outputs written once by `prismer label`, read back by training.
+
+Layout (format 1)::
+
+    STORE/
+      store.json                 which experts (name, version, kind, channels, plugin)
+      <expert>/<image key>.npz   one file per expert and image
+      previews/<expert>/<image key>.png   optional pictures (--visualize)
+
+Dense files hold ``map`` (float16, H×W×C in [-1, 1]). Semantic files hold ``labels``
+(int32, H×W, 0 = background, k = ``names[k-1]``), ``names`` (unicode array) and, when the
+expert has them, ``instances`` (int32, H×W). Every file is written atomically, so a file
+that exists is complete: an interrupted run resumes by skipping what exists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import write_bytes_atomic, write_json_atomic
+from ..errors import PrismerError
+from ..experts.contract import DenseMap, ExpertOutput, ExpertSpec, SemanticMap
+
+FORMAT = 1
+MANIFEST = "store.json"
+
+
+class LabelStoreError(PrismerError):
+    """A label store that is missing, unreadable, or made by other expert versions."""
+
+
+class LabelStore:
+    """Read and write expert outputs under one directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- metadata ------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {"format": FORMAT, "experts": {}}
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LabelStoreError(f"label store {self.root}: unreadable {MANIFEST} ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise LabelStoreError(f"label store {self.root}: format {meta.get('format')!r}, expected {FORMAT}")
+        return meta
+
+    def experts(self) -> dict[str, dict]:
+        return dict(self.metadata().get("experts", {}))
+
+    def open_for(self, specs: Mapping[str, ExpertSpec], plugins: Mapping[str, str]) -> None:
+        """Record the experts about to write here; refuse if the store holds other versions."""
+        meta = self.metadata()
+        recorded = meta.setdefault("experts", {})
+        for name, spec in specs.items():
+            entry = {
+                "version": spec.version,
+                "kind": spec.kind.value,
+                "channels": spec.channels,
+                "has_instances": spec.has_instances,
+                "plugin": plugins.get(name, ""),
+            }
+            old = recorded.get(name)
+            if old is not None and old.get("version") != spec.version:
+                raise LabelStoreError(
+                    f"label store {self.root} holds '{name}' labels from version {old.get('version')}, "
+                    f"but the installed '{name}' is version {spec.version}: label into a new --out folder"
+                )
+            recorded[name] = entry
+        write_json_atomic(self.root / MANIFEST, meta)
+
+    def check_versions(self, specs: Mapping[str, ExpertSpec]) -> None:
+        """Refuse to read labels written by other versions of the experts (or missing ones)."""
+        recorded = self.experts()
+        for name, spec in specs.items():
+            if name not in recorded:
+                raise LabelStoreError(
+                    f"label store {self.root} has no '{name}' labels (it has: {', '.join(recorded) or 'none'})"
+                )
+            if recorded[name]["version"] != spec.version:
+                raise LabelStoreError(
+                    f"label store {self.root} has '{name}' {recorded[name]['version']} labels; "
+                    f"the run uses '{name}' {spec.version}"
+                )
+
+    # -- files ---------------------------------------------------------------------------
+    def path(self, expert: str, key: str) -> Path:
+        return self.root / expert / f"{key}.npz"
+
+    def preview_path(self, expert: str, key: str) -> Path:
+        return self.root / "previews" / expert / f"{key}.png"
+
+    def has(self, expert: str, key: str) -> bool:
+        return self.path(expert, key).exists()
+
+    def write(self, expert: str, key: str, output: ExpertOutput) -> Path:
+        arrays: dict[str, np.ndarray]
+        if isinstance(output, DenseMap):
+            arrays = {"map": output.data.astype(np.float16)}
+        else:
+            arrays = {
+                "labels": output.labels.astype(np.int32),
+                "names": np.asarray(output.names, dtype=np.str_).reshape(-1),
+            }
+            if output.instances is not None:
+                arrays["instances"] = output.instances.astype(np.int32)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        target = self.path(expert, key)
+        write_bytes_atomic(target, buffer.getvalue())
+        return target
+
+    def read(self, expert: str, key: str) -> ExpertOutput:
+        path = self.path(expert, key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "map" in data:
+                    return DenseMap(data["map"].astype(np.float32))
+                instances = data["instances"] if "instances" in data else None
+                return SemanticMap(data["labels"], [str(n) for n in data["names"]], instances)
+        except FileNotFoundError:
+            raise LabelStoreError(f"label store {self.root} has no '{expert}' labels for image {key}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise LabelStoreError(f"label store file {path} is unreadable: {exc}") from None

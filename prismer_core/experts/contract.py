@@ -1,0 +1,192 @@
+"""The expert contract: what an expert declares, what it returns, and how it says it is ready.
+
+Every expert, built-in or third-party, subclasses :class:`Expert`. The core never imports a
+concrete expert; it only sees these types. Bump :data:`CONTRACT_VERSION` when a change would
+break plugins written against the previous one.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+#: The contract version this core implements. A plugin declares the one it was written for.
+CONTRACT_VERSION = 1
+#: Oldest contract version this core still accepts.
+MIN_CONTRACT_VERSION = 1
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class ExpertKind(str, enum.Enum):
+    """Dense experts give a float map; semantic experts give an integer label map."""
+
+    DENSE = "dense"
+    SEMANTIC = "semantic"
+
+
+class SpecError(ValueError):
+    """An expert declared a spec the core cannot accept."""
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """What an expert declares about itself; checked by :meth:`validate` when it is registered.
+
+    ``channels`` is the number of channels of a dense map. Semantic experts are turned into
+    64-channel maps by the core, so they declare ``channels=1`` (one label per pixel).
+    ``vocabulary`` lists the label strings a semantic expert can produce; an expert whose
+    words are not known in advance (OCR, open-vocabulary) sets ``open_vocabulary=True``.
+    ``depends_on`` names experts whose outputs this one reads (passed as ``context``).
+    """
+
+    name: str
+    version: str
+    kind: ExpertKind
+    channels: int = 1
+    description: str = ""
+    vocabulary: tuple[str, ...] = ()
+    open_vocabulary: bool = False
+    has_instances: bool = False
+    needs_weights: bool = False
+    devices: tuple[str, ...] = ("cpu",)
+    depends_on: tuple[str, ...] = ()
+    contract_version: int = CONTRACT_VERSION
+
+    def validate(self) -> None:
+        """Raise :class:`SpecError` with a readable reason when the declaration is unusable."""
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+            raise SpecError(
+                f"name {self.name!r} must be lower-case letters, digits or '_' "
+                "(starting with a letter, at most 32 characters)"
+            )
+        if not isinstance(self.version, str) or not self.version:
+            raise SpecError(f"expert {self.name!r}: version must be a non-empty string")
+        try:
+            kind = ExpertKind(self.kind)
+        except ValueError:
+            raise SpecError(
+                f"expert {self.name!r}: kind {self.kind!r} is not one of "
+                f"{[k.value for k in ExpertKind]}"
+            ) from None
+        if not isinstance(self.channels, int) or self.channels < 1:
+            raise SpecError(f"expert {self.name!r}: channels must be a positive integer")
+        if kind is ExpertKind.SEMANTIC:
+            if self.channels != 1:
+                raise SpecError(f"expert {self.name!r}: a semantic expert declares channels=1")
+            if not self.vocabulary and not self.open_vocabulary:
+                raise SpecError(
+                    f"expert {self.name!r}: a semantic expert needs a vocabulary "
+                    "or open_vocabulary=True"
+                )
+        elif self.vocabulary or self.has_instances:
+            raise SpecError(
+                f"expert {self.name!r}: only semantic experts have a vocabulary or instances"
+            )
+        if self.name in self.depends_on:
+            raise SpecError(f"expert {self.name!r} cannot depend on itself")
+
+    @property
+    def is_semantic(self) -> bool:
+        return ExpertKind(self.kind) is ExpertKind.SEMANTIC
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": ExpertKind(self.kind).value,
+            "channels": self.channels,
+            "description": self.description,
+            "vocabulary_size": len(self.vocabulary),
+            "open_vocabulary": self.open_vocabulary,
+            "has_instances": self.has_instances,
+            "needs_weights": self.needs_weights,
+            "devices": list(self.devices),
+            "depends_on": list(self.depends_on),
+            "contract_version": self.contract_version,
+        }
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether an expert can run now; when not, ``reason`` says why and ``fix`` what to do."""
+
+    ready: bool
+    reason: str = ""
+    fix: str = ""
+
+    @classmethod
+    def ok(cls) -> "Readiness":
+        return cls(True)
+
+    @classmethod
+    def missing(cls, reason: str, fix: str = "") -> "Readiness":
+        return cls(False, reason, fix)
+
+    def __str__(self) -> str:
+        if self.ready:
+            return "ready"
+        return f"{self.reason} ({self.fix})" if self.fix else self.reason
+
+
+@dataclass
+class DenseMap:
+    """A float32 map of shape H×W×C with values in [-1, 1]."""
+
+    data: np.ndarray
+
+
+@dataclass
+class SemanticMap:
+    """An integer label map of shape H×W: 0 is background, ``k > 0`` means ``names[k - 1]``.
+
+    ``instances`` (optional, H×W integers, 0 = none) separates objects of the same label.
+    ``names`` is per image, so open-vocabulary experts can name words no list foresees.
+    """
+
+    labels: np.ndarray
+    names: list[str] = field(default_factory=list)
+    instances: np.ndarray | None = None
+
+
+ExpertOutput = Union[DenseMap, SemanticMap]
+
+
+class Expert(ABC):
+    """A frozen, pre-trained model that turns RGB images into per-pixel maps.
+
+    Subclasses set the class attribute ``spec``. The constructor must stay cheap (no weight
+    loading) because listing experts instantiates them; heavy work belongs in :meth:`load`,
+    which the core calls once before the first :meth:`predict`.
+    Settings (a weights path, a model id, a backend) arrive as keyword arguments.
+    """
+
+    spec: ClassVar[ExpertSpec]
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings: dict[str, Any] = dict(settings)
+
+    def readiness(self) -> Readiness:
+        """Say whether :meth:`predict` can run here (dependencies importable, weights present)."""
+        return Readiness.ok()
+
+    def load(self, device: str = "cpu") -> None:
+        """Load weights onto ``device``. Called once, before the first prediction."""
+
+    @abstractmethod
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        context: Mapping[str, Sequence[ExpertOutput]] | None = None,
+    ) -> list[ExpertOutput]:
+        """Label a batch of RGB uint8 images (each H×W×3); return one output per image.
+
+        ``context`` holds the outputs of the experts named in ``spec.depends_on``, in the
+        same order as ``images``.
+        """

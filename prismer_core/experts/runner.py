@@ -1,0 +1,77 @@
+"""Runs a set of experts over a batch of images, each once, in dependency order, validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..registry import Registry, get_registry
+from .contract import Expert, ExpertOutput
+from .validate import ExpertOutputError, validate_outputs
+
+
+class ExpertRunner:
+    """Holds loaded experts and labels batches with them.
+
+    ``names`` are the experts the caller wants; their dependencies are run too (once) but
+    only the requested ones are returned by :meth:`__call__`.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        registry: Registry | None = None,
+        device: str = "cpu",
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.registry = registry or get_registry()
+        self.requested = list(names)
+        self.order = self.registry.resolve(self.requested)
+        settings = settings or {}
+        self.experts: dict[str, Expert] = {
+            name: self.registry.create(name, **dict(settings.get(name, {}))) for name in self.order
+        }
+        self.device = device
+        self._loaded = False
+
+    @property
+    def specs(self):
+        return {name: expert.spec for name, expert in self.experts.items()}
+
+    def versions(self) -> dict[str, str]:
+        return {name: self.experts[name].spec.version for name in self.requested}
+
+    def load(self) -> None:
+        if not self._loaded:
+            for name in self.order:
+                try:
+                    self.experts[name].load(self.device)
+                except Exception as exc:
+                    raise ExpertOutputError(name, "(loading)", f"load() raised {exc!r}", self._plugin(name)) from exc
+            self._loaded = True
+
+    def __call__(
+        self, images: Sequence[np.ndarray], image_ids: Sequence[str]
+    ) -> dict[str, list[ExpertOutput]]:
+        """Return ``{expert name: [output per image]}`` for the requested experts."""
+        self.load()
+        results: dict[str, list[ExpertOutput]] = {}
+        for name in self.order:
+            expert = self.experts[name]
+            context = {dep: results[dep] for dep in expert.spec.depends_on}
+            try:
+                outputs = expert.predict(images, context)
+            except ExpertOutputError:
+                raise
+            except Exception as exc:
+                raise ExpertOutputError(
+                    name, image_ids[0] if len(image_ids) == 1 else f"batch starting {image_ids[0]}",
+                    f"predict() raised {type(exc).__name__}: {exc}", self._plugin(name),
+                ) from exc
+            results[name] = validate_outputs(expert.spec, outputs, images, image_ids, self._plugin(name))
+        return {name: results[name] for name in self.requested}
+
+    def _plugin(self, name: str) -> str:
+        return self.registry.experts[name].plugin.package

@@ -1,0 +1,272 @@
+"""The plugin registry: loads entry points, collects experts and text embedders, keeps faults apart.
+
+One path for everything: built-in experts are declared in the ``prismer`` entry-point group
+exactly as a third-party package declares its own. A plugin that fails to import, or declares
+an unusable spec, is recorded as broken with its reason; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+import os
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PrismerError
+from .experts.contract import (
+    CONTRACT_VERSION,
+    MIN_CONTRACT_VERSION,
+    Expert,
+    ExpertSpec,
+    Readiness,
+    SpecError,
+)
+
+LOAD_PLUGINS_ENV = "PRISMER_LOAD_PLUGINS"
+
+
+class UnknownExpertError(PrismerError, KeyError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listed = ", ".join(sorted(known)) or "none installed"
+        self.name = name
+        super().__init__(f"unknown expert '{name}'{hint} (available: {listed})")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class ExpertUnavailableError(PrismerError):
+    """The expert exists but cannot be used: not ready, broken, incompatible or in conflict."""
+
+
+@dataclass
+class PluginRecord:
+    """One loaded (or failed) entry point and what it provided."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str = "ok"  # ok | broken
+    reason: str = ""
+    experts: list[str] = field(default_factory=list)
+    embedders: list[str] = field(default_factory=list)
+
+    @property
+    def package(self) -> str:
+        return f"{self.distribution} {self.version}".strip()
+
+
+@dataclass
+class ExpertEntry:
+    """A registered expert class with where it came from and whether it may be used."""
+
+    name: str
+    plugin: PluginRecord
+    cls: type[Expert] | None
+    spec: ExpertSpec | None
+    status: str = "ok"  # ok | broken | incompatible | conflict
+    reason: str = ""
+
+    def readiness(self, **settings: Any) -> Readiness:
+        """Ask the expert; registration problems and exceptions become 'not ready' reasons."""
+        if self.status != "ok":
+            return Readiness.missing(f"{self.status}: {self.reason}")
+        try:
+            readiness = self.cls(**settings).readiness()  # type: ignore[misc]
+        except Exception as exc:  # a plugin's fault must not break listing
+            return Readiness.missing(f"broken: readiness check raised {exc!r}")
+        if not isinstance(readiness, Readiness):
+            return Readiness.missing("broken: readiness() did not return a Readiness")
+        return readiness
+
+    def status_text(self, **settings: Any) -> str:
+        if self.status != "ok":
+            return f"{self.status}: {self.reason}"
+        readiness = self.readiness(**settings)
+        return "ready" if readiness.ready else f"not ready: {readiness}"
+
+
+@dataclass
+class EmbedderEntry:
+    name: str
+    plugin: PluginRecord
+    cls: type
+
+
+class Registry:
+    """Everything the installed plugins provide. Build one with :func:`load_registry`."""
+
+    def __init__(self) -> None:
+        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginRecord] = {}
+        self.experts: dict[str, ExpertEntry] = {}
+        self.embedders: dict[str, EmbedderEntry] = {}
+
+    # -- loading -----------------------------------------------------------------------
+    def add_plugin(self, obj: object, name: str, distribution: str = "", version: str = "") -> PluginRecord:
+        """Register an already imported plugin module or object (entry points use this too)."""
+        record = PluginRecord(name, distribution or name, version)
+        self.plugins[name] = record
+        try:
+            self.plugin_manager.register(obj, name=name)
+        except Exception as exc:
+            record.status, record.reason = "broken", f"hook validation failed: {exc}"
+            return record
+        for impl in self.plugin_manager.hook.register_experts.get_hookimpls():
+            if impl.plugin is obj:
+                self._call(record, impl.function, lambda cls: self._add_expert(record, cls))
+        for impl in self.plugin_manager.hook.register_text_embedders.get_hookimpls():
+            if impl.plugin is obj:
+                self._call(record, impl.function, lambda cls: self._add_embedder(record, cls))
+        return record
+
+    def _call(self, record: PluginRecord, function: Any, register: Any) -> None:
+        try:
+            function(register=register)
+        except Exception as exc:
+            record.status = "broken"
+            record.reason = f"registration raised {_one_line(exc)}"
+
+    def _add_expert(self, record: PluginRecord, cls: Any) -> None:
+        spec = getattr(cls, "spec", None)
+        name = getattr(spec, "name", None) or getattr(cls, "__name__", repr(cls))
+        entry = ExpertEntry(str(name), record, cls, spec if isinstance(spec, ExpertSpec) else None)
+        if not (isinstance(cls, type) and issubclass(cls, Expert)):
+            entry.status, entry.reason = "broken", f"{cls!r} is not a subclass of prismer_core.Expert"
+        elif entry.spec is None:
+            entry.status, entry.reason = "broken", f"{cls.__name__}.spec is not an ExpertSpec"
+        else:
+            try:
+                entry.spec.validate()
+            except SpecError as exc:
+                entry.status, entry.reason = "broken", f"bad spec: {exc}"
+            else:
+                version = entry.spec.contract_version
+                if not MIN_CONTRACT_VERSION <= version <= CONTRACT_VERSION:
+                    entry.status = "incompatible"
+                    entry.reason = (
+                        f"written for expert contract {version}; this prismer supports "
+                        f"{MIN_CONTRACT_VERSION}..{CONTRACT_VERSION}"
+                    )
+        record.experts.append(entry.name)
+        existing = self.experts.get(entry.name)
+        if existing is not None:
+            both = f"{existing.plugin.package} and {record.package}"
+            for clash in (existing, entry):
+                clash.status, clash.reason = "conflict", f"name '{entry.name}' is claimed by both {both}"
+        self.experts[entry.name] = existing if existing is not None else entry
+
+    def _add_embedder(self, record: PluginRecord, cls: Any) -> None:
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            record.status, record.reason = "broken", f"text embedder {cls!r} has no name"
+            return
+        record.embedders.append(name)
+        self.embedders[name] = EmbedderEntry(name, record, cls)
+
+    # -- queries -----------------------------------------------------------------------
+    def entry(self, name: str) -> ExpertEntry:
+        try:
+            return self.experts[name]
+        except KeyError:
+            raise UnknownExpertError(name, list(self.experts)) from None
+
+    def create(self, name: str, **settings: Any) -> Expert:
+        """Instantiate a usable, ready expert, or raise an error that says what to do."""
+        entry = self.entry(name)
+        readiness = entry.readiness(**settings)
+        if not readiness.ready:
+            raise ExpertUnavailableError(
+                f"expert '{name}' ({entry.plugin.package}) is not usable: {readiness}"
+            )
+        return entry.cls(**settings)  # type: ignore[misc]
+
+    def resolve(self, names: Iterable[str]) -> list[str]:
+        """Order experts so that each comes after the experts it depends on (added if needed)."""
+        ordered: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str, chain: tuple[str, ...]) -> None:
+            if name in ordered:
+                return
+            if name in visiting:
+                raise PrismerError(f"experts depend on each other in a cycle: {' -> '.join(chain + (name,))}")
+            entry = self.entry(name)
+            visiting.add(name)
+            for dep in entry.spec.depends_on if entry.spec else ():
+                visit(dep, chain + (name,))
+            visiting.discard(name)
+            ordered.append(name)
+
+        for name in names:
+            visit(name, ())
+        return ordered
+
+
+def parse_expert_names(text: str | Sequence[str]) -> list[str]:
+    """Turn ``"depth, ocr,seg"`` (or a list) into ``['depth', 'ocr', 'seg']``, keeping order."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names: list[str] = []
+    for part in (p.strip() for p in parts):
+        if part and part not in names:
+            names.append(part)
+    return names
+
+
+def _allowed(env_value: str | None, names: Iterable[str]) -> bool:
+    if env_value is None:
+        return True
+    wanted = {_normalise(n) for n in env_value.split(",") if n.strip()}
+    return any(_normalise(n) in wanted for n in names)
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_registry(entry_points: Iterable[md.EntryPoint] | None = None) -> Registry:
+    """Load every plugin of the ``prismer`` entry-point group, honouring PRISMER_LOAD_PLUGINS."""
+    registry = Registry()
+    if entry_points is None:
+        entry_points = md.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+    only = os.environ.get(LOAD_PLUGINS_ENV)
+    for ep in sorted(entry_points, key=lambda e: e.name):
+        dist_name = ep.dist.metadata["Name"] if ep.dist is not None else ep.value.split(":")[0]
+        dist_version = ep.dist.version if ep.dist is not None else ""
+        if not _allowed(only, (ep.name, dist_name)):
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:
+            record = PluginRecord(ep.name, dist_name, dist_version, "broken", f"import failed: {_one_line(exc)}")
+            record.reason += f" [{_last_frame(exc)}]" if _last_frame(exc) else ""
+            registry.plugins[ep.name] = record
+            continue
+        registry.add_plugin(module, ep.name, dist_name, dist_version)
+    return registry
+
+
+def _last_frame(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    return load_registry()
