@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from ..experts.contract import DenseMap, ExpertOutput, ExpertSpec, SemanticMap
 
 FORMAT = 1
 MANIFEST = "store.json"
+#: A temporary file older than this was left by a killed run (a live write takes milliseconds).
+STALE_TEMP_SECONDS = 300
 
 
 class LabelStoreError(PrismerError):
@@ -76,6 +79,15 @@ class LabelStore:
                 )
             recorded[name] = entry
         write_json_atomic(self.root / MANIFEST, meta)
+        self.remove_stale_temp_files()
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files left by killed runs; young ones may belong to a live shard."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        stale = [p for p in self.root.rglob(".*.tmp") if p.stat().st_mtime < cutoff]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def check_versions(self, specs: Mapping[str, ExpertSpec]) -> None:
         """Refuse to read labels written by other versions of the experts (or missing ones)."""
