@@ -18,18 +18,27 @@ def label(
     shard: str = typer.Option(None, "--shard", help="Label only shard i of n (i/n); run n of these, on n processes or GPUs, into the same --out."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip unreadable images (counted at the end) instead of stopping."),
     device: str = typer.Option("cpu", "--device", help="Where experts run: cpu, cuda, cuda:1 ..."),
+    assignments: list[str] = typer.Option(
+        [], "--set", metavar="NAME.KEY=VALUE",
+        help="An expert setting, e.g. --set depth.model=/weights/dpt (repeatable). "
+        "PRISMER_<NAME>_<KEY> variables set defaults; see docs/experts.md for each expert's settings.",
+    ),
 ) -> None:
     """Label images with experts into a resumable label store.
 
     Each output is written atomically as OUT/<expert>/<image>.npz; re-running the same
     command skips finished images, so an interrupted run is finished by running it again.
     """
+    from prismer_core.experts.settings import parse_assignments
     from prismer_core.labeling import label_images
+    from prismer_core.registry import get_registry
 
+    names = parse_expert_names(experts)
+    settings = parse_assignments(assignments, known_experts=get_registry().resolve(names)) if assignments else None
     report = label_images(
-        input_path, parse_expert_names(experts), out,
+        input_path, names, out,
         batch_size=batch_size, visualize=visualize, shard=shard,
-        skip_bad_images=skip_bad_images, device=device,
+        skip_bad_images=skip_bad_images, device=device, settings=settings,
     )
     typer.echo(
         f"labelled {report.labelled} images ({report.images_per_second:.2f} images/s), "
