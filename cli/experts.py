@@ -7,6 +7,7 @@ import json
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from prismer_core.registry import get_registry
 
@@ -16,11 +17,19 @@ app = new_app("List and inspect the installed experts (built-in and third-party 
 
 
 def _rows() -> list[dict]:
+    """One row per expert, plus one per plugin that failed as a whole (name in brackets).
+
+    ``state`` is one word for scripts (ready, not ready, broken, incompatible, conflict);
+    ``reason`` says why it is not ready; ``status`` is the two together, for people.
+    """
     registry = get_registry()
     rows = []
     for name in sorted(registry.experts):
         entry = registry.experts[name]
         spec = entry.spec
+        readiness = entry.readiness()
+        state = entry.status if entry.status != "ok" else ("ready" if readiness.ready else "not ready")
+        reason = entry.reason if entry.status != "ok" else ("" if readiness.ready else str(readiness))
         rows.append(
             {
                 "name": name,
@@ -30,12 +39,14 @@ def _rows() -> list[dict]:
                 "version": spec.version if spec else "",
                 "package_version": entry.plugin.version,
                 "plugin": entry.plugin.name,
-                "status": entry.status_text(),
-                "ready": entry.status == "ok" and entry.readiness().ready,
+                "state": state,
+                "reason": reason,
+                "status": state if not reason else f"{state}: {reason}",
+                "ready": state == "ready",
             }
         )
     for record in sorted(registry.plugins.values(), key=lambda r: r.name):
-        if record.status != "ok" and not record.experts:
+        if record.status != "ok":
             rows.append(
                 {
                     "name": f"({record.name})",
@@ -45,6 +56,8 @@ def _rows() -> list[dict]:
                     "version": "",
                     "package_version": record.version,
                     "plugin": record.name,
+                    "state": "broken",
+                    "reason": record.reason,
                     "status": f"broken: {record.reason}",
                     "ready": False,
                 }
@@ -71,10 +84,10 @@ def list_experts(
     for row in rows:
         status = row["status"]
         style = "green" if row["ready"] else ("red" if status.startswith(("broken", "conflict", "incompatible")) else "yellow")
-        table.add_row(
-            row["name"], row["kind"], "" if row["channels"] is None else str(row["channels"]),
-            f"{row['package']} {row['package_version']}".strip(), row["version"],
-            f"[{style}]{status}[/{style}]",
+        table.add_row(  # Text, not markup: reasons hold brackets ("[file.py:3]") rich would parse
+            Text(row["name"]), row["kind"], "" if row["channels"] is None else str(row["channels"]),
+            Text(f"{row['package']} {row['package_version']}".strip()), Text(row["version"]),
+            Text(status, style=style),
         )
     Console(width=max(120, Console().width)).print(table)
 

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -116,23 +117,36 @@ class Registry:
     def add_plugin(self, obj: object, name: str, distribution: str = "", version: str = "") -> PluginRecord:
         """Register an already imported plugin module or object (entry points use this too)."""
         record = PluginRecord(name, distribution or name, version)
-        self.plugins[name] = record
+        key = self._keep(record)
         try:
-            self.plugin_manager.register(obj, name=name)
+            self.plugin_manager.register(obj, name=key)
+            self.plugin_manager.check_pending()  # a misspelt hook name is an error, not silence
         except Exception as exc:
-            record.status, record.reason = "broken", f"hook validation failed: {exc}"
+            if self.plugin_manager.get_plugin(key) is obj:  # not one registered earlier
+                self.plugin_manager.unregister(obj)
+            record.status, record.reason = "broken", f"hook validation failed: {_one_line(exc)}"
             return record
         for impl in self.plugin_manager.hook.register_experts.get_hookimpls():
             if impl.plugin is obj:
-                self._call(record, impl.function, lambda cls: self._add_expert(record, cls))
+                self._call(record, impl, lambda cls: self._add_expert(record, cls))
         for impl in self.plugin_manager.hook.register_text_embedders.get_hookimpls():
             if impl.plugin is obj:
-                self._call(record, impl.function, lambda cls: self._add_embedder(record, cls))
+                self._call(record, impl, lambda cls: self._add_embedder(record, cls))
         return record
 
-    def _call(self, record: PluginRecord, function: Any, register: Any) -> None:
-        try:
-            function(register=register)
+    def _keep(self, record: PluginRecord) -> str:
+        """Keep ``record`` under its entry-point name (qualified by its distribution on a clash).
+
+        Two distributions may both name their entry point after the expert they provide; both
+        are kept, and the expert-name clash is then reported as a conflict naming both.
+        """
+        key = record.name if record.name not in self.plugins else f"{record.name}@{record.distribution}"
+        self.plugins[key] = record
+        return key
+
+    def _call(self, record: PluginRecord, impl: Any, register: Any) -> None:
+        try:  # pluggy lets an implementation accept fewer arguments than the spec offers
+            impl.function(**{arg: register for arg in impl.argnames if arg == "register"})
         except Exception as exc:
             record.status = "broken"
             record.reason = f"registration raised {_one_line(exc)}"
@@ -179,7 +193,14 @@ class Registry:
         try:
             return self.experts[name]
         except KeyError:
-            raise UnknownExpertError(name, list(self.experts)) from None
+            pass
+        failed = self.plugins.get(name)
+        if failed is not None and failed.status != "ok":
+            raise ExpertUnavailableError(
+                f"expert '{name}' is unavailable: plugin '{failed.name}' ({failed.package}) "
+                f"is broken: {failed.reason}"
+            )
+        raise UnknownExpertError(name, list(self.experts))
 
     def create(self, name: str, **settings: Any) -> Expert:
         """Instantiate a usable, ready expert, or raise an error that says what to do."""
@@ -255,14 +276,19 @@ def load_registry(entry_points: Iterable[md.EntryPoint] | None = None) -> Regist
         except Exception as exc:
             record = PluginRecord(ep.name, dist_name, dist_version, "broken", f"import failed: {_one_line(exc)}")
             record.reason += f" [{_last_frame(exc)}]" if _last_frame(exc) else ""
-            registry.plugins[ep.name] = record
+            registry._keep(record)
             continue
         registry.add_plugin(module, ep.name, dist_name, dist_version)
     return registry
 
 
 def _last_frame(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
+    """Where the plugin's own code failed (importlib's frozen frames say nothing)."""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename != __file__ and not f.filename.startswith("<")
+        and "importlib" not in Path(f.filename).parts
+    ]
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..registry import Registry, get_registry
 from .contract import Expert, ExpertOutput
-from .validate import ExpertOutputError, validate_outputs
+from .validate import ExpertOutputError, describe_batch, validate_outputs
 
 
 class ExpertRunner:
@@ -66,12 +66,31 @@ class ExpertRunner:
             except ExpertOutputError:
                 raise
             except Exception as exc:
-                raise ExpertOutputError(
-                    name, image_ids[0] if len(image_ids) == 1 else f"batch starting {image_ids[0]}",
-                    f"predict() raised {type(exc).__name__}: {exc}", self._plugin(name),
-                ) from exc
+                raise self._predict_error(name, images, image_ids, context, exc) from exc
             results[name] = validate_outputs(expert.spec, outputs, images, image_ids, self._plugin(name))
         return {name: results[name] for name in self.requested}
+
+    def _predict_error(
+        self,
+        name: str,
+        images: Sequence[np.ndarray],
+        image_ids: Sequence[str],
+        context: Mapping[str, Sequence[ExpertOutput]],
+        exc: Exception,
+    ) -> ExpertOutputError:
+        """Name the image that made ``predict`` raise: re-run a failed batch one image at a time."""
+        culprit, cause = describe_batch(image_ids), exc
+        if len(images) > 1:
+            for i, image_id in enumerate(image_ids):
+                single = {dep: [outputs[i]] for dep, outputs in context.items()}
+                try:
+                    self.experts[name].predict([images[i]], single)
+                except Exception as single_exc:
+                    culprit, cause = image_id, single_exc
+                    break
+        return ExpertOutputError(
+            name, culprit, f"predict() raised {type(cause).__name__}: {cause}", self._plugin(name)
+        )
 
     def _plugin(self, name: str) -> str:
         return self.registry.experts[name].plugin.package

@@ -74,14 +74,20 @@ def validate_outputs(
     if not isinstance(outputs, (list, tuple)) or len(outputs) != len(images):
         count = len(outputs) if isinstance(outputs, (list, tuple)) else type(outputs).__name__
         raise ExpertOutputError(
-            spec.name, image_ids[0] if image_ids else "?",
-            f"returned {count} outputs for {len(images)} images", plugin,
+            spec.name, describe_batch(image_ids), f"returned {count} outputs for {len(images)} images", plugin,
         )
     for out, image, image_id in zip(outputs, images, image_ids):
         problem = check_output(spec, out, image.shape[0], image.shape[1])
         if problem:
             raise ExpertOutputError(spec.name, image_id, problem, plugin)
     return list(outputs)
+
+
+def describe_batch(image_ids: Sequence[str]) -> str:
+    """How an error names a batch: its one image, or its size and first image."""
+    if not image_ids:
+        return "(empty batch)"
+    return image_ids[0] if len(image_ids) == 1 else f"batch of {len(image_ids)} starting {image_ids[0]}"
 
 
 def _describe(value: object) -> str:
