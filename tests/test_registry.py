@@ -1,0 +1,136 @@
+"""The plugin registry as users meet it: real installed packages, found through entry points.
+
+The packages (tests/plugin_helpers.py TEST_PLUGINS) are pip-installed once per session into a
+folder put on PYTHONPATH; the CLI runs in a subprocess, the Python API in-process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from plugin_helpers import installed_distributions, plugin_env, run_prismer, site_entry_points, write_images
+from prismer_core import hookimpl
+from prismer_core.experts.runner import ExpertRunner
+from prismer_core.registry import ExpertUnavailableError, Registry, load_registry
+
+
+def listed(env) -> dict[str, dict]:
+    rows = json.loads(run_prismer("experts", "list", "--json", env=env).stdout)
+    return {row["name"]: row for row in rows}
+
+
+@pytest.fixture(scope="module")
+def rows(plugin_site) -> dict[str, dict]:
+    """`prismer experts list --json` with every test plugin installed."""
+    return listed(plugin_env(plugin_site))
+
+
+@pytest.fixture
+def site_registry(plugin_site, monkeypatch) -> Registry:
+    """The registry a Python user gets with the test plugins installed (in-process)."""
+    monkeypatch.syspath_prepend(str(plugin_site))
+    monkeypatch.delenv("PRISMER_LOAD_PLUGINS", raising=False)
+    return load_registry(site_entry_points(plugin_site))
+
+
+def test_an_installed_distribution_is_discovered_with_its_package_and_version(plugin_site, rows):
+    assert installed_distributions(plugin_site)["prismer-hello"] == "0.3.0"  # importlib.metadata sees it
+    hello = rows["hello"]
+    assert (hello["package"], hello["package_version"], hello["plugin"]) == ("prismer-hello", "0.3.0", "hello")
+    assert (hello["kind"], hello["channels"], hello["version"], hello["state"], hello["ready"]) == ("dense", 1, "1.0", "ready", True)
+    assert "hello" not in listed(plugin_env())  # it comes from the installed package, nothing else
+
+
+def test_a_plugin_that_fails_to_import_is_listed_as_broken_and_the_rest_works(plugin_site, rows, tmp_path):
+    broken = rows["(broken)"]
+    assert broken["state"] == "broken" and broken["package"] == "prismer-broken"
+    assert "import failed: RuntimeError: this plugin is broken on purpose" in broken["reason"]
+    assert "prismer_broken/__init__.py:1" in broken["reason"]  # where, in the plugin's own code
+    assert rows["edge"]["ready"] and rows["hello"]["ready"]
+
+    env = plugin_env(plugin_site)
+    write_images(tmp_path / "images", 2)
+    result = run_prismer("label", str(tmp_path / "images"), "--experts", "edge,hello", "--out", str(tmp_path / "store"), env=env)
+    assert "labelled 2 images" in result.stdout
+    assert len(list((tmp_path / "store" / "hello").glob("*.npz"))) == 2
+
+    refused = run_prismer("label", str(tmp_path / "images"), "--experts", "broken", "--out", str(tmp_path / "s2"), env=env, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("Error: expert 'broken' is unavailable: plugin 'broken' (prismer-broken 1.0.0) is broken")
+
+
+def test_a_bad_spec_or_a_misspelt_hook_makes_the_plugin_broken(rows):
+    assert rows["badspec"]["state"] == "broken"
+    assert rows["badspec"]["reason"] == "bad spec: expert 'badspec': only semantic experts have a vocabulary or instances"
+    typo = rows["(typo)"]
+    assert typo["state"] == "broken" and "unknown hook 'register_expert'" in typo["reason"]
+
+
+def test_two_packages_claiming_one_name_is_a_conflict_naming_both(plugin_site, rows, tmp_path):
+    twin = rows["twin"]
+    assert twin["state"] == "conflict" and not twin["ready"]
+    assert "prismer-twin-a 1.0.0" in twin["reason"] and "prismer-twin-b 2.0.0" in twin["reason"]
+
+    write_images(tmp_path / "images", 1)
+    result = run_prismer("label", str(tmp_path / "images"), "--experts", "twin", "--out", str(tmp_path / "store"),
+                         env=plugin_env(plugin_site), check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "prismer-twin-a 1.0.0" in result.stderr and "prismer-twin-b 2.0.0" in result.stderr
+    assert not (tmp_path / "store" / "twin").exists()
+
+
+def test_prismer_load_plugins_restricts_what_is_loaded(plugin_site):
+    assert set(listed(plugin_env(plugin_site, load="hello,edge"))) == {"hello", "edge"}
+    # A distribution name works too; broken plugins that are not asked for are never imported.
+    assert set(listed(plugin_env(plugin_site, load="prismer-saliency"))) == {"saliency"}
+    assert listed(plugin_env(plugin_site, load="")) == {}
+
+
+def test_an_incompatible_contract_version_is_listed_and_never_loaded(plugin_site, rows, site_registry, tmp_path):
+    future = rows["future"]
+    assert future["state"] == "incompatible"
+    assert "written for expert contract 99" in future["reason"]
+
+    with pytest.raises(ExpertUnavailableError, match="incompatible: written for expert contract 99"):
+        ExpertRunner(["future"], registry=site_registry)
+    with pytest.raises(ExpertUnavailableError, match="incompatible"):
+        site_registry.create("future")
+
+    write_images(tmp_path / "images", 1)
+    result = run_prismer("label", str(tmp_path / "images"), "--experts", "edge,future", "--out", str(tmp_path / "store"),
+                         env=plugin_env(plugin_site), check=False)
+    assert result.returncode == 1 and "incompatible" in result.stderr
+    assert "never be loaded" not in result.stderr  # refused before its load() could run
+
+
+def test_hook_register_experts(site_registry):
+    entry = site_registry.entry("hello")
+    assert entry.plugin.package == "prismer-hello 0.3.0" and entry.status == "ok"
+    expert = site_registry.create("hello")
+    image = np.zeros((4, 5, 3), np.uint8)
+    image[:, 2:] = 255
+    (output,) = expert.predict([image])
+    assert output.data[:, :2].max() == -1.0 and output.data[:, 2:].min() == 1.0
+
+
+def test_hook_register_text_embedders(site_registry):
+    entry = site_registry.embedders["toy"]
+    assert (entry.plugin.distribution, entry.plugin.version) == ("prismer-toyembed", "1.0.0")
+    vectors = entry.cls().embed(["cab", "a"])
+    assert vectors.shape == (2, 26) and vectors[0, :3].tolist() == [1, 1, 1] and vectors[1].sum() == 1
+
+
+def test_a_hook_implementation_may_take_fewer_arguments_than_the_spec():
+    """pluggy allows it, so the registry must call it without the arguments it does not take."""
+
+    class Quiet:
+        @hookimpl
+        def register_experts(self):
+            self.called = True
+
+    plugin = Quiet()
+    record = Registry().add_plugin(plugin, "quiet")
+    assert record.status == "ok" and plugin.called
