@@ -5,19 +5,21 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned apart: they come from the machine's local wheel store.
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# The example third-party expert, installed the way a user installs any plugin.
+EXAMPLE_PLUGIN := plugins/prismer-saliency
 
 .PHONY: test demo install clean
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]' ./$(EXAMPLE_PLUGIN)
 	touch $@
 
 install: $(STAMP)
 
 test: $(STAMP)
+	cd $(EXAMPLE_PLUGIN) && ../../$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
