@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -109,3 +110,24 @@ def info(name: str = typer.Argument(..., help="Expert name, as shown by 'prismer
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value) or "-"
         typer.echo(f"{key:<{width}}  {value}")
+
+
+@app.command("new")
+def new(
+    name: str = typer.Argument(..., help="Name of the new expert: lower-case letters, digits and '_', e.g. my_depth."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder to create the package in (default: the current one)."),
+) -> None:
+    """Create a new expert package, prismer-NAME, ready to install, test and publish.
+
+    It holds a pyproject.toml with the 'prismer' entry point, the expert module (a working brightness map to replace with your model), a test, and a README.
+
+    It passes its own tests as written: pip install -e prismer-NAME, then pytest in that folder. The plugin guide is docs/plugins.md.
+    """
+    from importlib.resources import as_file, files
+
+    from prismer_core.scaffold import scaffold_plugin
+
+    with as_file(files("prismer_cli") / "templates" / "expert") as template:
+        folder = scaffold_plugin(name, out, template)
+    typer.echo(f"created {folder}")
+    typer.echo(f"next: pip install -e {folder} && (cd {folder} && pytest) && prismer experts info {name}")
