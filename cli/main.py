@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .app import new_app
 from . import experts, label
+from . import data
 
 app = new_app(
     "Prismer: a vision-language model that pools frozen, pluggable vision experts.\n\n"
@@ -11,6 +12,7 @@ app = new_app(
 )
 app.add_typer(experts.app, name="experts")
 app.command("label")(label.label)
+app.add_typer(data.app, name="data")
 
 if __name__ == "__main__":
     app()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -99,10 +100,11 @@ def list_manifest_images(manifest: Path) -> list[ImageSource]:
     return sources
 
 
-def read_rgb(path: str | Path, where: str = "") -> np.ndarray:
-    """Read an image as an H×W×3 uint8 RGB array, or raise BadImageError naming it."""
+def read_rgb(path: str | Path | BinaryIO, where: str = "") -> np.ndarray:
+    """Read an image (a path, or an open binary file) as an H×W×3 uint8 RGB array, or raise
+    BadImageError naming it."""
     name = where or str(path)
-    if where and str(path) not in where:
+    if where and isinstance(path, (str, Path)) and str(path) not in where:
         name = f"{where} ({path})"
     try:
         with Image.open(path) as image:
