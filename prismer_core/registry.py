@@ -185,6 +185,13 @@ class Registry:
         if not isinstance(name, str) or not name:
             record.status, record.reason = "broken", f"text embedder {cls!r} has no name"
             return
+        existing = self.embedders.get(name)
+        if existing is not None:  # the first one stays: a later package cannot take over a name
+            record.status = "broken"
+            record.reason = (
+                f"text embedder '{name}' is claimed by both {existing.plugin.package} and {record.package}"
+            )
+            return
         record.embedders.append(name)
         self.embedders[name] = EmbedderEntry(name, record, cls)
 

@@ -134,3 +134,15 @@ def test_a_hook_implementation_may_take_fewer_arguments_than_the_spec():
     plugin = Quiet()
     record = Registry().add_plugin(plugin, "quiet")
     assert record.status == "ok" and plugin.called
+
+
+def test_a_text_embedder_name_cannot_be_taken_over_by_another_package(site_registry):
+    class Impostor:
+        @hookimpl
+        def register_text_embedders(self, register):
+            register(type("Impostor", (), {"name": "toy"}))
+
+    record = site_registry.add_plugin(Impostor(), "impostor", "prismer-impostor", "9.9")
+    assert record.status == "broken"
+    assert record.reason == "text embedder 'toy' is claimed by both prismer-toyembed 1.0.0 and prismer-impostor 9.9"
+    assert site_registry.embedders["toy"].plugin.distribution == "prismer-toyembed"
