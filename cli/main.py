@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .app import new_app
 from . import embedders, experts, label
+from . import model
 from . import data
 
 app = new_app(
@@ -11,6 +12,7 @@ app = new_app(
     "Start with [bold]prismer experts list[/bold] to see which experts are installed and ready."
 )
 app.add_typer(experts.app, name="experts")
+app.add_typer(model.app, name="model")
 app.add_typer(embedders.app, name="embedders")
 app.command("label")(label.label)
 app.add_typer(data.app, name="data")

@@ -1,0 +1,117 @@
+"""`prismer model …`: inspect model specs and count parameters without downloading anything."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prismer_core.errors import PrismerError
+from prismer_core.experts.contract import ExpertKind, ExpertSpec, SpecError
+from prismer_core.model import build_model
+from prismer_core.registry import get_registry, parse_expert_names
+from prismer_core.specs import list_specs, load_spec
+
+from .app import new_app
+
+app = new_app("Inspect Prismer model specs: parts, parameter counts, what is trained.")
+
+EXPERTS_HELP = (
+    "Comma-separated experts, e.g. [bold]edge,ocr[/bold]. Installed experts are looked up by name; "
+    "describe one that is not installed as NAME=dense:CHANNELS, NAME=semantic or "
+    "NAME=semantic+instances (e.g. depth=dense:1,objdet=semantic+instances)."
+)
+
+
+def resolve_experts(text: str) -> dict[str, ExpertSpec]:
+    """Expert specs for the names given: from the registry, or from an inline description."""
+    experts: dict[str, ExpertSpec] = {}
+    registry = None
+    for item in parse_expert_names(text):
+        name, _, description = item.partition("=")
+        name = name.strip()
+        if description:
+            experts[name] = _described(name, description.strip())
+            continue
+        registry = registry or get_registry()
+        if name not in registry.experts:
+            installed = ", ".join(sorted(registry.experts)) or "none"
+            raise PrismerError(
+                f"expert '{name}' is not installed (installed: {installed}); "
+                f"to count it anyway describe it, e.g. {name}=dense:1 or {name}=semantic"
+            )
+        entry = registry.experts[name]
+        if entry.spec is None:
+            raise PrismerError(f"expert '{name}' is {entry.status}: {entry.reason}")
+        experts[name] = entry.spec
+    return experts
+
+
+def _described(name: str, description: str) -> ExpertSpec:
+    kind, _, rest = description.partition(":")
+    kind, plus, flag = kind.partition("+")
+    try:
+        if kind == "dense" and not plus:
+            spec = ExpertSpec(name, "described", ExpertKind.DENSE, channels=int(rest or 1))
+        elif kind == "semantic" and not rest and flag in ("", "instances"):
+            spec = ExpertSpec(name, "described", ExpertKind.SEMANTIC, open_vocabulary=True, has_instances=bool(flag))
+        else:
+            raise ValueError
+        spec.validate()
+    except (ValueError, SpecError):
+        raise PrismerError(
+            f"cannot read expert description {name}={description!r}: "
+            "use dense:CHANNELS, semantic or semantic+instances"
+        ) from None
+    return spec
+
+
+@app.command("info")
+def info(
+    spec: str = typer.Option("tiny", "--spec", "-s", help="Bundled spec name (tiny, base, large) or path to a spec .yaml."),
+    experts: str = typer.Option("", "--experts", "-e", help=EXPERTS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Total and trainable parameters per part of the model a spec and expert set give.
+
+    Built on PyTorch's meta device from the shapes in the spec: nothing is downloaded or
+    allocated. No experts means PrismerZ (RGB only, no resampler).
+    """
+    model_spec = load_spec(spec)
+    expert_specs = resolve_experts(experts)
+    model = build_model(model_spec, expert_specs, device="meta")
+    report = model.parameter_report()
+    total = sum(c.total for c in report.values())
+    trainable = sum(c.trainable for c in report.values())
+    if as_json:
+        typer.echo(json.dumps({
+            "spec": model_spec.name,
+            "experts": list(expert_specs),
+            "vision_tokens": model.num_vision_tokens,
+            "parts": {part: {"total": c.total, "trainable": c.trainable} for part, c in report.items()},
+            "total": total,
+            "trainable": trainable,
+        }, indent=2))
+        return
+    title = f"Prismer '{model_spec.name}' with {', '.join(expert_specs) or 'no experts (PrismerZ)'}"
+    table = Table(title=title)
+    for column in ("part", "parameters", "trainable", "frozen"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for part, count in report.items():
+        table.add_row(part, f"{count.total:,}", f"{count.trainable:,}", "yes" if not count.trainable else "")
+    table.add_row("[bold]total[/bold]", f"[bold]{total:,}[/bold]", f"[bold]{trainable:,}[/bold]", "")
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    console.print(
+        f"trainable: {trainable / 1e6:.1f}M of {total / 1e6:.1f}M ({100 * trainable / total:.1f}%) "
+        f"- experts' own weights not counted; vision tokens per image: {model.num_vision_tokens}"
+    )
+
+
+@app.command("specs")
+def specs() -> None:
+    """List the bundled model specs."""
+    for name in list_specs():
+        typer.echo(f"{name:<8} {load_spec(name).description}")

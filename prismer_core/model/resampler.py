@@ -1,0 +1,44 @@
+"""The Experts Resampler: a fixed number of learned latents read all expert tokens.
+
+Perceiver-style: in every block the latents attend to ``[latents ; expert tokens]``, then go
+through an MLP with squared ReLU. However many experts a run uses, the vision encoder
+receives the same number of tokens from here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import MultiHeadAttention, squared_relu
+
+
+class ResamplerBlock(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_latents = nn.LayerNorm(width)
+        self.norm_tokens = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.fc_in = nn.Linear(width, 4 * width)
+        self.fc_out = nn.Linear(4 * width, width)
+
+    def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        queries = self.norm_latents(latents)
+        kv = self.attn.project_kv(torch.cat([queries, self.norm_tokens(tokens)], dim=1))
+        latents = latents + self.attn(queries, kv)
+        return latents + self.fc_out(squared_relu(self.fc_in(self.norm_mlp(latents))))
+
+
+class ExpertsResampler(nn.Module):
+    def __init__(self, width: int, latents: int = 64, layers: int = 4, heads: int = 8) -> None:
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(latents, width) * width**-0.5)
+        self.blocks = nn.ModuleList(ResamplerBlock(width, heads) for _ in range(layers))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Expert tokens [B, N, D] -> latents [B, L, D]."""
+        latents = self.latents.expand(tokens.shape[0], -1, -1)
+        for block in self.blocks:
+            latents = block(latents, tokens)
+        return latents

@@ -1,0 +1,80 @@
+"""One convolutional stem per expert: an expert map becomes tokens on a grid 16× coarser.
+
+Dense maps (depth, normals, edges) go through five 3×3 convolutions, the first four with
+stride 2. Semantic maps (64-channel label embeddings) are piecewise constant, so they are
+averaged over 4×4 pixels first and need only two stride-2 convolutions after that; this keeps
+full-resolution convolutions out of the 64-channel path. Experts with instance maps add a
+trainable instance embedding to every token of an instance, in one gather, with no loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Total downsampling of every stem: tokens lie on a grid of image_size / STEM_STRIDE.
+STEM_STRIDE = 16
+SEMANTIC_POOL = 4
+
+
+def stem_grid(image_size: int) -> int:
+    """Side of the token grid a stem produces for a square image of ``image_size`` pixels."""
+    return -(-image_size // STEM_STRIDE)  # each stride-2 step (and the 4× pool) rounds up
+
+
+class ExpertStem(nn.Module):
+    """Five 3×3 convolutions (GroupNorm + ReLU between them) from an expert map to tokens.
+
+    Widths grow width/8 → width/4 → width/2 → width/2 → width. GroupNorm rather than BatchNorm:
+    no running statistics, so training with small or uneven batches and inference agree.
+    """
+
+    def __init__(self, in_channels: int, width: int, semantic: bool, instance_slots: int = 0) -> None:
+        super().__init__()
+        self.semantic = semantic
+        widths = [max(width // 8, 1), max(width // 4, 1), max(width // 2, 1), max(width // 2, 1), width]
+        strides = [2, 2, 1, 1, 1] if semantic else [2, 2, 2, 2, 1]
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index, (out, stride) in enumerate(zip(widths, strides)):
+            last = index == len(widths) - 1
+            layers.append(nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=last))
+            if not last:
+                layers += [nn.GroupNorm(math.gcd(out, 8), out), nn.ReLU(inplace=True)]
+            channels = out
+        self.convs = nn.Sequential(*layers)
+        self.instance_embedding = nn.Embedding(instance_slots, width) if instance_slots else None
+        if self.instance_embedding is not None:
+            nn.init.normal_(self.instance_embedding.weight, std=width**-0.5)
+
+    def forward(self, maps: torch.Tensor, instances: torch.Tensor | None = None) -> torch.Tensor:
+        """``maps`` [B, C, S, S] (and ``instances`` [B, S, S], 0 = none) -> tokens [B, h*w, width]."""
+        if self.semantic:
+            maps = F.avg_pool2d(maps, SEMANTIC_POOL, ceil_mode=True)
+        features = self.convs(maps)  # [B, D, h, w]
+        tokens = features.flatten(2).transpose(1, 2)
+        if self.instance_embedding is not None:
+            if instances is None:
+                raise ValueError("this expert has instances but no instance map was given")
+            tokens = tokens + self._instance_tokens(instances, features.shape[-2:])
+        return tokens
+
+    def _instance_tokens(self, instances: torch.Tensor, grid: torch.Size) -> torch.Tensor:
+        """The embedding of each token's instance (zero where there is none), as [B, h*w, D].
+
+        Instance ids only tell objects apart, so during training each image maps its ids to
+        a random permutation of the slots (the model learns no meaning for a slot number);
+        in eval mode id k uses slot k-1, so outputs are deterministic.
+        """
+        ids = F.interpolate(instances[:, None].float(), size=tuple(grid), mode="nearest-exact")
+        ids = ids.flatten(1).long()  # [B, h*w]
+        slots_count = self.instance_embedding.num_embeddings
+        slots = (ids - 1).remainder(slots_count)
+        if self.training:
+            permutation = torch.rand(ids.shape[0], slots_count, device=ids.device).argsort(dim=1)
+            slots = permutation.gather(1, slots)
+        embedded = self.instance_embedding(slots)
+        return embedded * (ids > 0).unsqueeze(-1).to(embedded.dtype)

@@ -1,0 +1,159 @@
+"""The vision encoder: an open_clip Vision Transformer that also reads the experts.
+
+RGB enters through the backbone's own pre-trained patch embedding (with its class token, so
+that at initialisation the encoder reproduces the pre-trained ViT exactly). Each expert map
+goes through its own stem; all expert tokens get the shared positional embedding (resized to
+the stem grid when it differs) and are summarised by the Experts Resampler. The transformer
+then runs on ``[class ; RGB tokens ; latents]``, with an adaptor after every attention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PrismerError
+from ..experts.contract import ExpertSpec
+from ..specs import ModelSpec, data_dir
+from .layers import Adaptor
+from .resampler import ExpertsResampler
+from .stems import ExpertStem, stem_grid
+
+
+@lru_cache(maxsize=1)
+def register_bundled_configs() -> None:
+    """Make the open_clip model configs in ``specs/open_clip/`` known to open_clip by name."""
+    import open_clip
+
+    open_clip.add_model_config(data_dir() / "open_clip")
+
+
+def load_vision_tower(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
+    """The open_clip ``VisionTransformer`` the spec names, with weights from its tag or file.
+
+    On the meta device nothing is loaded or allocated: only the shapes are built.
+    """
+    import open_clip
+
+    register_bundled_configs()
+    meta = torch.device(device).type == "meta"
+    pretrained = None if meta else spec.vision.pretrained
+    where = f"{spec.vision.open_clip_model!r}" + (f" with weights {pretrained!r}" if pretrained else "")
+    try:
+        with torch.device("meta") if meta else nullcontext(), _quiet_random_init():
+            clip = open_clip.create_model(
+                spec.vision.open_clip_model,
+                pretrained=pretrained,
+                force_image_size=spec.image_size,
+                device=device,
+            )
+    except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError for a bad name, tag or file
+        raise PrismerError(f"spec {spec.name}: cannot load the vision tower {where}: {exc}") from None
+    visual = clip.visual
+    _check_supported(visual, spec.vision.open_clip_model)
+    return visual
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Hide open_clip's 'initialized randomly' warning: a spec without weights asks for that."""
+    root = logging.getLogger()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _check_supported(visual: nn.Module, name: str) -> None:
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    problem = None
+    if not isinstance(visual, VisionTransformer):
+        problem = f"its vision tower is a {type(visual).__name__}, not an open_clip VisionTransformer"
+    elif visual.attn_pool is not None or not visual.transformer.batch_first:
+        problem = "it uses attentional pooling or sequence-first blocks"
+    elif not all(type(block) is ResidualAttentionBlock for block in visual.transformer.resblocks):
+        problem = "it uses custom attention blocks"
+    if problem:
+        raise PrismerError(f"open_clip model {name!r} is not supported: {problem}")
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, spec: ModelSpec, experts: Mapping[str, ExpertSpec], tower: nn.Module) -> None:
+        super().__init__()
+        self.image_size = spec.image_size
+        self.width = tower.conv1.out_channels
+        self.grid = tower.grid_size[0]
+        # Taken over from the open_clip tower; its pooling projection and text tower are dropped.
+        self.patch_embed = tower.conv1
+        self.class_embedding = tower.class_embedding
+        self.positional_embedding = tower.positional_embedding  # [1 + grid², width]
+        self.ln_pre = tower.ln_pre
+        self.blocks = tower.transformer.resblocks
+        self.ln_post = tower.ln_post
+        hidden = max(1, round(self.width * spec.adaptor_ratio))
+        self.adaptors = nn.ModuleList(Adaptor(self.width, hidden) for _ in self.blocks)
+        self.stems = nn.ModuleDict(
+            {
+                name: ExpertStem(
+                    spec.semantic_channels if expert.is_semantic else expert.channels,
+                    self.width,
+                    semantic=expert.is_semantic,
+                    instance_slots=spec.instance_slots if expert.has_instances else 0,
+                )
+                for name, expert in sorted(experts.items())
+            }
+        )
+        self.stem_grid = stem_grid(spec.image_size)
+        self.resampler = (
+            ExpertsResampler(self.width, spec.resampler.latents, spec.resampler.layers, spec.resampler.heads)
+            if experts
+            else None
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens out of the encoder: class + RGB patches (+ resampler latents)."""
+        latents = self.resampler.latents.shape[0] if self.resampler is not None else 0
+        return 1 + self.grid**2 + latents
+
+    def forward(
+        self,
+        rgb: torch.Tensor,
+        expert_maps: Mapping[str, torch.Tensor],
+        instances: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """RGB [B, 3, S, S] and expert maps -> vision tokens [B, num_tokens, width]."""
+        x = self.patch_embed(rgb).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = x + self.positional_embedding
+        if self.resampler is not None:
+            position = self._stem_positions()
+            tokens = [stem(expert_maps[name], instances.get(name)) + position for name, stem in self.stems.items()]
+            x = torch.cat([x, self.resampler(torch.cat(tokens, dim=1))], dim=1)
+        x = self.ln_pre(x)
+        for block, adaptor in zip(self.blocks, self.adaptors):
+            x = x + block.ls_1(block.attention(block.ln_1(x)))
+            x = adaptor(x)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return self.ln_post(x)
+
+    def _stem_positions(self) -> torch.Tensor:
+        """The shared positional embedding (without the class slot) on the stems' grid."""
+        grid_pos = self.positional_embedding[1:]
+        if self.stem_grid == self.grid:
+            return grid_pos
+        grid_pos = grid_pos.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        grid_pos = F.interpolate(grid_pos, size=(self.stem_grid, self.stem_grid), mode="bicubic", align_corners=False)
+        return grid_pos.permute(0, 2, 3, 1).reshape(self.stem_grid**2, -1)

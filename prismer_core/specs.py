@@ -1,0 +1,213 @@
+"""Model specs: the shapes and weight sources of a Prismer model, as data files.
+
+Like timm and open_clip, a spec is looked up by name (``tiny``, ``base``, ``large``: the YAML
+files of the ``prismer_specs`` package, i.e. ``specs/`` in the source tree) or given as a
+path to a YAML file. Every spec is validated on load; a bad one is a :class:`ModelSpecError`
+naming the file and the field.
+
+Weights come from explicit places only: an open_clip model name plus a pre-trained tag or a
+local checkpoint file for the vision tower; a transformers model id or a local directory for
+the language decoder. The decoder's shapes are written out in the spec so that a model can be
+built (on the meta device) and counted without downloading anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.resources
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import PrismerError
+
+#: The trainable parts of a model, as named by ``frozen`` and by ``parameter_report()``.
+PART_NAMES = (
+    "vision.backbone",
+    "vision.embeddings",
+    "vision.adaptors",
+    "vision.stems",
+    "vision.resampler",
+    "decoder.backbone",
+    "decoder.embeddings",
+    "decoder.cross_attention",
+    "decoder.adaptors",
+    "decoder.lm_head",
+)
+Part = Literal[PART_NAMES]  # type: ignore[valid-type]
+
+SPEC_PACKAGE = "prismer_specs"
+
+
+class ModelSpecError(PrismerError):
+    """A spec cannot be found, parsed or validated."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VisionSpec(_Strict):
+    """The frozen vision backbone: an open_clip Vision Transformer."""
+
+    #: Built-in open_clip name (``ViT-B-16-quickgelu``) or one of ``specs/open_clip/*.json``.
+    open_clip_model: str
+    #: open_clip pre-trained tag (``openai``) or a local checkpoint file; null: random init.
+    pretrained: str | None = None
+
+
+class ResamplerSpec(_Strict):
+    """The Experts Resampler: learned latents that summarise all expert tokens."""
+
+    latents: int = Field(64, ge=1)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(8, ge=1)
+
+
+class DecoderSpec(_Strict):
+    """The RoBERTa-style language decoder; shapes must match the weights named by ``weights``."""
+
+    #: transformers model id (``roberta-base``) or local directory; null: random init.
+    weights: str | None = None
+    #: transformers id or local directory, or ``py:module.function`` returning a local directory.
+    tokenizer: str
+    hidden: int = Field(ge=1)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    intermediate: int = Field(ge=1)
+    vocab_size: int = Field(ge=2)
+    max_positions: int = Field(ge=2)
+    type_vocab_size: int = Field(1, ge=1)
+    #: First position id: 2 for RoBERTa (padding_idx + 1), 0 for BERT.
+    position_offset: int = Field(0, ge=0)
+    pad_token_id: int = Field(ge=0)
+    layer_norm_eps: float = Field(1e-5, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "DecoderSpec":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"pad_token_id ({self.pad_token_id}) must be below vocab_size ({self.vocab_size})")
+        return self
+
+
+class ModelSpec(_Strict):
+    """Everything needed to build a Prismer model, except the expert set (chosen per run)."""
+
+    name: str
+    description: str = ""
+    image_size: int = Field(ge=16)
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    vision: VisionSpec
+    resampler: ResamplerSpec = ResamplerSpec()
+    decoder: DecoderSpec
+    #: Adaptor hidden width as a fraction of the layer width (the paper uses 1).
+    adaptor_ratio: float = Field(1.0, gt=0)
+    #: Channels of a semantic expert's label-embedding map.
+    semantic_channels: int = Field(64, ge=1)
+    #: Slots of the trainable instance embedding of experts with instance maps.
+    instance_slots: int = Field(128, ge=1)
+    #: Parts whose parameters stay frozen (see PART_NAMES); the rest is trained.
+    frozen: tuple[Part, ...] = ()  # type: ignore[valid-type]
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> "ModelSpec":
+        """A copy with dotted keys replaced, e.g. ``{"decoder.vocab_size": 50265}``, validated again."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ModelSpecError(f"{source}: {dotted}: no such field in a model spec")
+                node = node[key]
+            if leaf not in node:
+                raise ModelSpecError(f"{source}: {dotted}: no such field in a model spec")
+            node[leaf] = value
+        return spec_from_dict(data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def spec_from_dict(data: Any, source: str) -> ModelSpec:
+    """Validate ``data``; errors name ``source`` (a file) and the dotted field."""
+    if not isinstance(data, Mapping):
+        raise ModelSpecError(f"{source}: a model spec must be a mapping, got {type(data).__name__}")
+    try:
+        return ModelSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise ModelSpecError(f"{source}: {field}: {first['msg']}{more}") from None
+
+
+def data_dir() -> Path:
+    """The folder holding the bundled spec files (``specs/`` in a source checkout)."""
+    return Path(str(importlib.resources.files(SPEC_PACKAGE)))
+
+
+def data_file(name: str) -> Path:
+    """A bundled data file by name, e.g. ``data_file("deepspeed_zero2.json")``."""
+    path = data_dir() / name
+    if not path.is_file():
+        raise ModelSpecError(f"no bundled spec file named {name!r} in {data_dir()}")
+    return path
+
+
+def list_specs() -> list[str]:
+    """Names of the bundled model specs."""
+    return sorted(p.stem for p in data_dir().glob("*.yaml"))
+
+
+def load_spec(spec: str | Path | ModelSpec, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+    """A spec by bundled name or by path to a YAML file, validated, with optional overrides."""
+    if isinstance(spec, ModelSpec):
+        result = spec
+    else:
+        path = _find(str(spec))
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ModelSpecError(f"{path}: cannot read the spec: {exc}") from None
+        result = spec_from_dict(data, str(path))
+    return result.with_overrides(overrides) if overrides else result
+
+
+def _find(spec: str) -> Path:
+    candidate = Path(spec).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ModelSpecError(f"model spec file {spec} does not exist")
+        return candidate
+    known = list_specs()
+    if spec in known:
+        return data_dir() / f"{spec}.yaml"
+    close = difflib.get_close_matches(spec, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ModelSpecError(
+        f"unknown model spec {spec!r}{hint} (bundled: {', '.join(known)}; or give a path to a .yaml file)"
+    )
+
+
+def resolve_source(source: str) -> str:
+    """Turn ``py:module.function`` into the local path that function returns; pass others through.
+
+    This lets a spec name files that ship inside a Python package (the tiny spec's tokenizer).
+    """
+    if not source.startswith("py:"):
+        return source
+    target = source[3:]
+    module_name, _, attr = target.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+        return str(function())
+    except Exception as exc:
+        raise ModelSpecError(f"cannot resolve {source!r}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,177 @@
+"""The Prismer model as the training and inference code use it: shapes, freezing, generation, scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_helpers import SIX, experts, make_batch, small_spec
+from prismer_core.errors import PrismerError
+from prismer_core.model import build_model
+from prismer_core.model.stems import ExpertStem
+from prismer_core.model.vision import VisionEncoder, load_vision_tower
+from prismer_core.specs import ModelSpecError, load_spec
+
+EXPERT_SETS = {
+    0: (),
+    1: ("edge",),
+    3: ("depth", "normal", "seg"),
+    6: tuple(SIX),
+}
+
+
+@pytest.fixture(scope="module")
+def six_expert_model():
+    torch.manual_seed(0)
+    return build_model(small_spec(), experts(*SIX)).eval()
+
+
+@pytest.mark.parametrize("count", sorted(EXPERT_SETS))
+def test_shapes_for_0_1_3_and_6_experts_and_constant_token_count(count):
+    torch.manual_seed(0)
+    model = build_model(small_spec(), experts(*EXPERT_SETS[count]))
+    batch = make_batch(model, batch_size=2)
+    tokens = model.encode_images(batch)
+    patches = (64 // 16) ** 2
+    expected = 1 + patches + (64 if count else 0)  # class + RGB patches + resampler latents
+    assert tokens.shape == (2, expected, 192) == (2, model.num_vision_tokens, 192)
+    assert (model.encoder.resampler is None) == (count == 0)
+    input_ids = torch.randint(5, 1000, (2, 9))
+    out = model(batch, input_ids, torch.ones_like(input_ids), labels=input_ids)
+    assert out.logits.shape == (2, 9, model.spec.decoder.vocab_size)
+    assert torch.isfinite(out.loss) and 8.0 < out.loss.item() < 12.0  # about ln(30522) at init
+
+
+def test_prismerz_encoder_is_the_pretrained_vit_at_initialisation():
+    spec = small_spec()
+    tower = load_vision_tower(spec)
+    tower.output_tokens = True
+    rgb = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled, reference_tokens = tower(rgb)
+        ours = VisionEncoder(spec, {}, tower).eval()(rgb, {}, {})
+    assert torch.allclose(ours[:, 1:], reference_tokens, atol=1e-5)
+    assert torch.allclose(ours[:, 0] @ tower.proj, pooled, atol=1e-5)
+
+
+def test_adaptors_start_as_identity_and_are_in_the_path(six_expert_model):
+    model = six_expert_model
+    batch = make_batch(model)
+    ids = torch.randint(5, 1000, (2, 7))
+    with torch.no_grad():
+        before = model(batch, ids).logits
+        for adaptor in [*model.encoder.adaptors, *(layer.adaptor for layer in model.decoder.layers)]:
+            assert torch.equal(adaptor(before[..., :192]), before[..., :192])  # exactly the identity
+        original = model.decoder.layers[0].adaptor.up.weight.clone()
+        model.decoder.layers[0].adaptor.up.weight.normal_(std=0.5)
+        after = model(batch, ids).logits
+        model.decoder.layers[0].adaptor.up.weight.copy_(original)
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
+def test_frozen_parameters_get_no_gradient_and_trainable_ones_do():
+    torch.manual_seed(0)
+    spec = small_spec(frozen=["vision.backbone", "decoder.backbone"])
+    model = build_model(spec, experts("depth", "objdet"))
+    report = model.parameter_report()
+    assert report["vision.backbone"].trainable == report["decoder.backbone"].trainable == 0
+    assert all(count.trainable == count.total for part, count in report.items() if "backbone" not in part)
+    batch = make_batch(model)
+    ids = torch.randint(5, 1000, (2, 8))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.SGD(trainable, lr=0.1)
+    for _ in range(2):  # the adaptors' up-projections start at zero: their down-projections learn from step two
+        optimiser.zero_grad()
+        model(batch, ids, labels=ids).loss.backward()
+        optimiser.step()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None, name
+
+
+def test_instance_embedding_marks_each_instance_without_a_loop():
+    torch.manual_seed(0)
+    stem = ExpertStem(64, 32, semantic=True, instance_slots=128).eval()
+    maps = torch.randn(1, 64, 64, 64)
+    none = torch.zeros(1, 64, 64, dtype=torch.long)
+    ids = none.clone()
+    ids[0, :32, :32] = 3  # top-left quarter of the image: tokens (0..1, 0..1) of the 4×4 grid
+    with torch.no_grad():
+        plain, marked = stem(maps, none), stem(maps, ids)
+    delta = (marked - plain)[0].reshape(4, 4, 32)
+    slot = stem.instance_embedding.weight[2]  # id k uses slot k - 1 in eval mode
+    assert torch.allclose(delta[:2, :2], slot.expand(2, 2, 32), atol=1e-6)
+    assert delta[2:].abs().max() == 0 and delta[:, 2:].abs().max() == 0
+
+
+def test_generation_with_the_cache_equals_generation_without(six_expert_model):
+    model = six_expert_model
+    batch = make_batch(model, batch_size=2, seed=3)
+    prompts = ["a picture of", "what is written on the sign ? answer :"]  # different lengths: left padding
+    for beams in (1, 3):
+        cached = model.generate(batch, prompts, num_beams=beams, max_new_tokens=8, return_ids=True)
+        uncached = model.generate(batch, prompts, num_beams=beams, max_new_tokens=8, return_ids=True, use_cache=False)
+        assert cached == uncached
+        assert all(len(ids) == 8 for ids in cached)  # a random model does not stop early
+    texts = model.generate(batch, "a picture of", num_beams=3, max_new_tokens=5)
+    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+
+
+def test_min_length_holds_back_the_end_token(six_expert_model):
+    model = six_expert_model
+    with torch.no_grad():
+        model.decoder.lm_head.bias[model.eos_token_id] = 1e4  # the end token always wins...
+        try:
+            batch = make_batch(model)
+            assert model.generate(batch, num_beams=3, max_new_tokens=6, return_ids=True) == [[], []]
+            forced = model.generate(batch, num_beams=3, max_new_tokens=6, min_length=4, return_ids=True)
+        finally:
+            model.decoder.lm_head.bias[model.eos_token_id] = 0.0
+    assert [len(ids) for ids in forced] == [4, 4]  # ...once four tokens are written
+
+
+def test_score_is_the_log_likelihood_of_each_candidate(six_expert_model):
+    model = six_expert_model
+    batch = make_batch(model, seed=5)
+    candidates = ["red", "a small dog", "two"]
+    scores = model.score(batch, "question : what is it ? answer :", candidates)
+    assert scores.shape == (2, 3)
+    tokenizer = model.tokenizer
+    prompt = tokenizer("question : what is it ? answer :")["input_ids"][:-1]
+    for c, candidate in enumerate(candidates):
+        answer = tokenizer(" " + candidate, add_special_tokens=False)["input_ids"] + [model.eos_token_id]
+        ids = torch.tensor([prompt + answer] * 2)
+        with torch.no_grad():
+            log_probs = F.log_softmax(model(batch, ids).logits, dim=-1)
+        direct = sum(log_probs[:, len(prompt) - 1 + i, token] for i, token in enumerate(answer))
+        assert torch.allclose(scores[:, c], direct, atol=1e-3)
+
+
+def test_bad_batches_are_clear_errors(six_expert_model):
+    model = six_expert_model
+    batch = make_batch(model)
+    missing = {**batch, "experts": {k: v for k, v in batch["experts"].items() if k != "seg"}}
+    with pytest.raises(PrismerError, match=r"batch\['experts'\]\['seg'\] must have shape \[2, 64, 64, 64\], got nothing"):
+        model.encode_images(missing)
+    with pytest.raises(PrismerError, match="not built for: sal"):
+        model.encode_images({**batch, "experts": {**batch["experts"], "sal": batch["experts"]["seg"]}})
+    with pytest.raises(PrismerError, match=r"batch\['instances'\]\['ocr'\]"):
+        model.encode_images({**batch, "instances": {"objdet": batch["instances"]["objdet"]}})
+    with pytest.raises(PrismerError, match=r"batch\['rgb'\] must be a float tensor \[B, 3, 64, 64\]"):
+        model.encode_images({**batch, "rgb": torch.zeros(2, 3, 32, 32)})
+
+
+def test_specs_are_validated_with_file_and_field(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text(load_spec("tiny").model_dump_json().replace('"hidden":192', '"hidden":"wide"'))  # JSON is YAML
+    with pytest.raises(ModelSpecError, match=r"mine\.yaml: decoder\.hidden: Input should be a valid integer"):
+        load_spec(bad)
+    with pytest.raises(ModelSpecError, match=r"unknown model spec 'bsae'; did you mean 'base'"):
+        load_spec("bsae")
+    with pytest.raises(ModelSpecError, match=r"frozen\.0: Input should be 'vision\.backbone'"):
+        load_spec("tiny", {"frozen": ["vision.everything"]})
+    with pytest.raises(ModelSpecError, match="decoder.hidden_size: no such field"):
+        load_spec("tiny", {"decoder.hidden_size": 10})
