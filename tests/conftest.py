@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from plugin_helpers import REPO, build_test_plugins, copy_package, install
+from prismer_core.registry import LOAD_PLUGINS_ENV, get_registry
 
 EXAMPLE_PLUGIN = REPO / "plugins" / "prismer-saliency"
 
@@ -15,9 +17,41 @@ EXAMPLE_PLUGIN = REPO / "plugins" / "prismer-saliency"
 def plugin_site(tmp_path_factory) -> Path:
     """A folder with the example plugin and every test plugin pip-installed into it.
 
-    Use it with ``plugin_env(plugin_site)``; see tests/plugin_helpers.py for what each test
-    plugin does (a working one, a broken one, a conflicting pair, faulty outputs, ...).
+    Use it with ``plugin_env(plugin_site)`` (subprocesses) or ``cli(..., site=plugin_site)``;
+    see tests/plugin_helpers.py for what each test plugin does (a working one, a broken one,
+    a conflicting pair, faulty outputs, ...).
     """
     sources = tmp_path_factory.mktemp("plugin-sources")
     packages = [copy_package(EXAMPLE_PLUGIN, sources), *build_test_plugins(sources)]
     return install(packages, tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """``cli("experts", "list", site=SITE, load="a,b")``: run the ``prismer`` command in this
+    process (no interpreter start-up), as if the packages in SITE were installed and
+    PRISMER_LOAD_PLUGINS were ``load`` (unset when None). Returns typer's Result
+    (``exit_code``, ``stdout``, ``stderr``); with ``check``, a non-zero exit fails the test.
+    """
+    from prismer_cli.main import app
+
+    def run(*args: str, site: Path | None = None, load: str | None = None, check: bool = True):
+        with monkeypatch.context() as patch:
+            if site is not None:
+                patch.syspath_prepend(str(site))
+            if load is None:
+                patch.delenv(LOAD_PLUGINS_ENV, raising=False)
+            else:
+                patch.setenv(LOAD_PLUGINS_ENV, load)
+            get_registry.cache_clear()
+            try:
+                result = CliRunner().invoke(app, [str(a) for a in args])
+            finally:
+                get_registry.cache_clear()
+        if check and result.exit_code != 0:
+            raise AssertionError(
+                f"prismer {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}{result.exception!r}"
+            )
+        return result
+
+    return run

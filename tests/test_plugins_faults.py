@@ -33,12 +33,12 @@ def images(tmp_path_factory):
 
 
 @pytest.mark.parametrize("expert", sorted(FAULTS))
-def test_a_faulty_expert_stops_the_run_naming_plugin_and_image(expert, images, plugin_site, tmp_path):
+def test_a_faulty_expert_stops_the_run_naming_plugin_and_image(expert, images, plugin_site, cli, tmp_path):
     out = tmp_path / "store"
-    result = run_prismer("label", str(images), "--experts", f"edge,{expert}", "--out", str(out),
-                         "--batch-size", "2", "--visualize", env=plugin_env(plugin_site), check=False)
+    result = cli("label", images, "--experts", f"edge,{expert}", "--out", out, "--batch-size", "2", "--visualize",
+                 site=plugin_site, check=False)
 
-    assert result.returncode == 1
+    assert result.exit_code == 1
     error = result.stderr.splitlines()[-1]  # after the progress bar
     assert error.startswith(f"Error: expert '{expert}' (from prismer-faulty 1.0.0) on image {images / 'img003.png'}: ")
     assert FAULTS[expert] in error and sum(line.startswith("Error:") for line in result.stderr.splitlines()) == 1
@@ -55,6 +55,7 @@ def test_a_faulty_expert_stops_the_run_naming_plugin_and_image(expert, images, p
 
 
 def test_the_store_left_by_a_faulty_run_is_resumed_by_a_good_one(images, plugin_site, tmp_path):
+    """Both runs are real processes: the first one ends on the error, the second finishes the work."""
     out = tmp_path / "store"
     env = plugin_env(plugin_site)
     failed = run_prismer("label", str(images), "--experts", "edge,faulty_nan", "--out", str(out), "--batch-size", "2", env=env, check=False)

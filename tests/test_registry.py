@@ -1,7 +1,7 @@
 """The plugin registry as users meet it: real installed packages, found through entry points.
 
 The packages (tests/plugin_helpers.py TEST_PLUGINS) are pip-installed once per session into a
-folder put on PYTHONPATH; the CLI runs in a subprocess, the Python API in-process.
+folder put on PYTHONPATH (subprocesses) or sys.path (the CLI and the Python API in-process).
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from prismer_core.experts.runner import ExpertRunner
 from prismer_core.registry import ExpertUnavailableError, Registry, load_registry
 
 
-def listed(env) -> dict[str, dict]:
-    rows = json.loads(run_prismer("experts", "list", "--json", env=env).stdout)
-    return {row["name"]: row for row in rows}
+def by_name(json_text: str) -> dict[str, dict]:
+    return {row["name"]: row for row in json.loads(json_text)}
 
 
-@pytest.fixture(scope="module")
-def rows(plugin_site) -> dict[str, dict]:
+@pytest.fixture
+def rows(cli, plugin_site) -> dict[str, dict]:
     """`prismer experts list --json` with every test plugin installed."""
-    return listed(plugin_env(plugin_site))
+    return by_name(cli("experts", "list", "--json", site=plugin_site).stdout)
 
 
 @pytest.fixture
@@ -36,15 +35,16 @@ def site_registry(plugin_site, monkeypatch) -> Registry:
     return load_registry(site_entry_points(plugin_site))
 
 
-def test_an_installed_distribution_is_discovered_with_its_package_and_version(plugin_site, rows):
+def test_an_installed_distribution_is_discovered_with_its_package_and_version(plugin_site, cli):
     assert installed_distributions(plugin_site)["prismer-hello"] == "0.3.0"  # importlib.metadata sees it
+    rows = by_name(run_prismer("experts", "list", "--json", env=plugin_env(plugin_site)).stdout)
     hello = rows["hello"]
     assert (hello["package"], hello["package_version"], hello["plugin"]) == ("prismer-hello", "0.3.0", "hello")
     assert (hello["kind"], hello["channels"], hello["version"], hello["state"], hello["ready"]) == ("dense", 1, "1.0", "ready", True)
-    assert "hello" not in listed(plugin_env())  # it comes from the installed package, nothing else
+    assert "hello" not in by_name(cli("experts", "list", "--json").stdout)  # it comes from the installed package
 
 
-def test_a_plugin_that_fails_to_import_is_listed_as_broken_and_the_rest_works(plugin_site, rows, tmp_path):
+def test_a_plugin_that_fails_to_import_is_listed_as_broken_and_the_rest_works(plugin_site, rows, cli, tmp_path):
     broken = rows["(broken)"]
     assert broken["state"] == "broken" and broken["package"] == "prismer-broken"
     assert "import failed: RuntimeError: this plugin is broken on purpose" in broken["reason"]
@@ -57,8 +57,8 @@ def test_a_plugin_that_fails_to_import_is_listed_as_broken_and_the_rest_works(pl
     assert "labelled 2 images" in result.stdout
     assert len(list((tmp_path / "store" / "hello").glob("*.npz"))) == 2
 
-    refused = run_prismer("label", str(tmp_path / "images"), "--experts", "broken", "--out", str(tmp_path / "s2"), env=env, check=False)
-    assert refused.returncode == 1
+    refused = cli("label", tmp_path / "images", "--experts", "broken", "--out", tmp_path / "s2", site=plugin_site, check=False)
+    assert refused.exit_code == 1
     assert refused.stderr.startswith("Error: expert 'broken' is unavailable: plugin 'broken' (prismer-broken 1.0.0) is broken")
 
 
@@ -69,27 +69,29 @@ def test_a_bad_spec_or_a_misspelt_hook_makes_the_plugin_broken(rows):
     assert typo["state"] == "broken" and "unknown hook 'register_expert'" in typo["reason"]
 
 
-def test_two_packages_claiming_one_name_is_a_conflict_naming_both(plugin_site, rows, tmp_path):
+def test_two_packages_claiming_one_name_is_a_conflict_naming_both(plugin_site, rows, cli, tmp_path):
     twin = rows["twin"]
     assert twin["state"] == "conflict" and not twin["ready"]
     assert "prismer-twin-a 1.0.0" in twin["reason"] and "prismer-twin-b 2.0.0" in twin["reason"]
 
     write_images(tmp_path / "images", 1)
-    result = run_prismer("label", str(tmp_path / "images"), "--experts", "twin", "--out", str(tmp_path / "store"),
-                         env=plugin_env(plugin_site), check=False)
-    assert result.returncode == 1
+    result = cli("label", tmp_path / "images", "--experts", "twin", "--out", tmp_path / "store", site=plugin_site, check=False)
+    assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "prismer-twin-a 1.0.0" in result.stderr and "prismer-twin-b 2.0.0" in result.stderr
     assert not (tmp_path / "store" / "twin").exists()
 
 
-def test_prismer_load_plugins_restricts_what_is_loaded(plugin_site):
-    assert set(listed(plugin_env(plugin_site, load="hello,edge"))) == {"hello", "edge"}
+def test_prismer_load_plugins_restricts_what_is_loaded(plugin_site, cli):
+    def names(load: str) -> set[str]:
+        return set(by_name(cli("experts", "list", "--json", site=plugin_site, load=load).stdout))
+
+    assert names("hello,edge") == {"hello", "edge"}
     # A distribution name works too; broken plugins that are not asked for are never imported.
-    assert set(listed(plugin_env(plugin_site, load="prismer-saliency"))) == {"saliency"}
-    assert listed(plugin_env(plugin_site, load="")) == {}
+    assert names("prismer-saliency") == {"saliency"}
+    assert names("") == set()
 
 
-def test_an_incompatible_contract_version_is_listed_and_never_loaded(plugin_site, rows, site_registry, tmp_path):
+def test_an_incompatible_contract_version_is_listed_and_never_loaded(plugin_site, rows, cli, site_registry, tmp_path):
     future = rows["future"]
     assert future["state"] == "incompatible"
     assert "written for expert contract 99" in future["reason"]
@@ -100,9 +102,8 @@ def test_an_incompatible_contract_version_is_listed_and_never_loaded(plugin_site
         site_registry.create("future")
 
     write_images(tmp_path / "images", 1)
-    result = run_prismer("label", str(tmp_path / "images"), "--experts", "edge,future", "--out", str(tmp_path / "store"),
-                         env=plugin_env(plugin_site), check=False)
-    assert result.returncode == 1 and "incompatible" in result.stderr
+    result = cli("label", tmp_path / "images", "--experts", "edge,future", "--out", tmp_path / "store", site=plugin_site, check=False)
+    assert result.exit_code == 1 and "incompatible" in result.stderr
     assert "never be loaded" not in result.stderr  # refused before its load() could run
 
 
