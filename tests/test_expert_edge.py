@@ -69,3 +69,28 @@ def test_bad_thresholds_make_edge_not_ready(registry):
     assert status.startswith("not ready") and "need 0 <= low <= high" in status
     status = registry.experts["edge"].status_text(low="x", high="9")
     assert "setting 'low' must be a number" in status
+
+
+def test_hed_backend_loads_safetensors_and_pth_weights(registry, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    import expert_models
+
+    safetensors = expert_models.hed_weights(tmp_path / "ControlNetHED.safetensors")
+    torch.save(load_file(str(safetensors)), tmp_path / "ControlNetHED.pth")  # the annotator's format
+    image, _ = shapes()
+    maps = []
+    for weights in (safetensors, tmp_path / "ControlNetHED.pth"):
+        runner = ExpertRunner(["edge"], registry=registry, settings={"edge": {"backend": "hed", "model": str(weights)}})
+        (output,) = runner([image], ["shapes.png"])["edge"]  # validated: shape, float32, [-1, 1]
+        assert output.data.shape == (SIZE, SIZE, 1) and output.data.std() > 0  # soft, not constant
+        maps.append(output.data)
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_hed_without_weights_says_where_to_get_them(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv("PRISMER_WEIGHTS_DIR", str(tmp_path))
+    status = registry.experts["edge"].status_text(backend="hed")
+    assert status.startswith(f"not ready: no HED weights found in {tmp_path}")
+    assert "ControlNetHED.pth" in status and "lllyasviel/Annotators" in status and "PRISMER_EDGE_MODEL" in status

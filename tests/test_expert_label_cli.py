@@ -8,11 +8,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+import expert_models
 from prismer_core.data.label_store import LabelStore
+from prismer_experts.vocabularies import ADE20K_CLASSES, COCO_CLASSES
 
 PRISMER = [sys.executable, "-m", "prismer_cli.main"]
+SIX = "depth,normal,edge,seg,objdet,ocr"
 
 
 def street_sign(path, word: str, offset: int) -> None:
@@ -52,3 +56,65 @@ def test_label_with_edge_and_ocr_writes_store_and_previews(tmp_path):
             preview = Image.open(out / "previews" / expert / f"sign{i}.png.png")
             assert preview.width > 2 * preview.height * 0.9  # the image and its map side by side
             assert np.asarray(preview).std() > 10  # not a blank picture
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Tiny saved models for every expert that needs weights, as a user would configure them."""
+    root = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as patch:  # ultralytics: no network probe, settings kept here
+        patch.setenv("YOLO_OFFLINE", "1")
+        patch.setenv("YOLO_CONFIG_DIR", str(root / "yolo-config"))
+        yield {
+            "depth": expert_models.depth_anything(root / "depth"),
+            "seg": expert_models.mask2former_ade(root / "seg"),
+            "objdet": expert_models.yolo_checkpoint(root / "yolov8n.pt"),
+            "env": dict(os.environ),
+        }
+
+
+def test_experts_list_is_truthful_about_weights(tiny_weights, tmp_path):
+    def statuses(env) -> dict[str, str]:
+        result = subprocess.run([*PRISMER, "experts", "list", "--json"], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return {row["name"]: row["status"] for row in json.loads(result.stdout)}
+
+    bare = {**tiny_weights["env"], "PRISMER_LOAD_PLUGINS": SIX, "PRISMER_WEIGHTS_DIR": str(tmp_path)}
+    before = statuses(bare)
+    assert set(before) == set(SIX.split(","))
+    assert before["edge"] == before["ocr"] == before["normal"] == "ready"  # no weights needed
+    for name, variable in (("depth", "PRISMER_DEPTH_MODEL"), ("seg", "PRISMER_SEG_MODEL"), ("objdet", "PRISMER_OBJDET_MODEL")):
+        assert before[name].startswith("not ready") and variable in before[name]
+
+    configured = {**bare, **{f"PRISMER_{name.upper()}_MODEL": str(tiny_weights[name]) for name in ("depth", "seg", "objdet")}}
+    assert set(statuses(configured).values()) == {"ready"}
+
+
+def test_label_with_all_six_experts_end_to_end(tiny_weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    street_sign(images / "sign.png", "stop", offset=0)
+    Image.fromarray(expert_models.photo((240, 320))).save(images / "bus.jpg")
+    out = tmp_path / "store"
+    env = {**tiny_weights["env"], "PRISMER_LOAD_PLUGINS": SIX, "PRISMER_DEPTH_MODEL": str(tiny_weights["depth"])}
+    result = subprocess.run(
+        [*PRISMER, "label", str(images), "--experts", SIX, "--out", str(out), "--visualize",
+         "--set", f"seg.model={tiny_weights['seg']}", "--set", f"objdet.model={tiny_weights['objdet']}",
+         "--set", "objdet.min_score=0", "--set", "objdet.image_size=160"],  # random weights: keep every box
+        capture_output=True, text=True, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "labelled 2 images" in result.stdout
+
+    store = LabelStore(out)
+    assert set(json.loads((out / "store.json").read_text())["experts"]) == set(SIX.split(","))
+    for key, size in (("sign.png", (160, 240)), ("bus.jpg", (320, 240))):
+        assert store.read("depth", key).data.shape == (*size, 1)
+        assert store.read("normal", key).data.shape == (*size, 3)
+        assert store.read("edge", key).data.shape == (*size, 1)
+        assert set(store.read("seg", key).names) <= set(ADE20K_CLASSES)
+        objdet = store.read("objdet", key)
+        assert set(objdet.names) <= set(COCO_CLASSES) and objdet.instances.max() >= 1
+        for expert in SIX.split(","):
+            assert (out / "previews" / expert / f"{key}.png").is_file()
+    assert store.read("ocr", "sign.png").names == ["stop"]
