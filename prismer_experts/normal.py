@@ -92,7 +92,7 @@ class Normal(BuiltinExpert):
     def check(self, options: NormalOptions) -> Readiness:
         if not self.learned(options):
             return require_modules("cv2", package="opencv-python")
-        missing = require_modules("torch", "diffusers", "transformers", package="diffusers")
+        missing = require_modules("torch", "transformers", "diffusers", extra="normal")
         return missing if not missing.ready else self._model_location(options)[1]
 
     def load(self, device: str = "cpu") -> None:

@@ -29,18 +29,13 @@ def street_sign(path, word: str, offset: int) -> None:
     image.save(path)
 
 
-def test_label_with_edge_and_ocr_writes_store_and_previews(tmp_path):
+def test_label_with_edge_and_ocr_writes_store_and_previews(tmp_path, cli):
     images = tmp_path / "images"
     images.mkdir()
     for i, word in enumerate(["open", "exit"]):
         street_sign(images / f"sign{i}.png", word, offset=4 * i)
     out = tmp_path / "store"
-    env = {**os.environ, "PRISMER_LOAD_PLUGINS": "edge,ocr"}
-    result = subprocess.run(
-        [*PRISMER, "label", str(images), "--experts", "edge,ocr", "--out", str(out), "--visualize"],
-        capture_output=True, text=True, env=env,
-    )
-    assert result.returncode == 0, result.stderr
+    result = cli("label", images, "--experts", "edge,ocr", "--out", out, "--visualize", load="edge,ocr")
     assert "labelled 2 images" in result.stdout
 
     meta = json.loads((out / "store.json").read_text())
@@ -73,21 +68,21 @@ def tiny_weights(tmp_path_factory):
         }
 
 
-def test_experts_list_is_truthful_about_weights(tiny_weights, tmp_path):
-    def statuses(env) -> dict[str, str]:
-        result = subprocess.run([*PRISMER, "experts", "list", "--json"], capture_output=True, text=True, env=env)
-        assert result.returncode == 0, result.stderr
-        return {row["name"]: row["status"] for row in json.loads(result.stdout)}
+def test_experts_list_is_truthful_about_weights(tiny_weights, tmp_path, cli, monkeypatch):
+    def statuses() -> dict[str, str]:
+        rows = json.loads(cli("experts", "list", "--json", load=SIX).stdout)
+        return {row["name"]: row["status"] for row in rows}
 
-    bare = {**tiny_weights["env"], "PRISMER_LOAD_PLUGINS": SIX, "PRISMER_WEIGHTS_DIR": str(tmp_path)}
-    before = statuses(bare)
+    monkeypatch.setenv("PRISMER_WEIGHTS_DIR", str(tmp_path))
+    before = statuses()
     assert set(before) == set(SIX.split(","))
     assert before["edge"] == before["ocr"] == before["normal"] == "ready"  # no weights needed
     for name, variable in (("depth", "PRISMER_DEPTH_MODEL"), ("seg", "PRISMER_SEG_MODEL"), ("objdet", "PRISMER_OBJDET_MODEL")):
         assert before[name].startswith("not ready") and variable in before[name]
 
-    configured = {**bare, **{f"PRISMER_{name.upper()}_MODEL": str(tiny_weights[name]) for name in ("depth", "seg", "objdet")}}
-    assert set(statuses(configured).values()) == {"ready"}
+    for name in ("depth", "seg", "objdet"):
+        monkeypatch.setenv(f"PRISMER_{name.upper()}_MODEL", str(tiny_weights[name]))
+    assert set(statuses().values()) == {"ready"}
 
 
 def test_label_with_all_six_experts_end_to_end(tiny_weights, tmp_path):

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from prismer_core.data.label_store import LabelStore
 from prismer_core.experts.settings import SettingError, merged_settings, parse_assignments, parse_options
-
-PRISMER = [sys.executable, "-m", "prismer_cli.main"]
 
 
 @dataclasses.dataclass
@@ -60,22 +54,23 @@ def test_assignments_parse_and_typos_are_caught():
         parse_assignments(["dept.model=/w"], ["depth", "normal"])
 
 
-def test_label_cli_passes_set_and_environment_to_the_expert(tmp_path):
+def test_label_cli_passes_set_and_environment_to_the_expert(tmp_path, cli, monkeypatch):
     image = np.zeros((40, 40, 3), dtype=np.uint8)
     image[:, 20:] = 60  # a faint edge: found only with thresholds below the defaults (100, 200)
     Image.fromarray(image).save(tmp_path / "faint.png")
-    env = {**os.environ, "PRISMER_LOAD_PLUGINS": "edge", "PRISMER_EDGE_LOW": "20", "PRISMER_EDGE_HIGH": "50"}
+    monkeypatch.setenv("PRISMER_EDGE_LOW", "20")
+    monkeypatch.setenv("PRISMER_EDGE_HIGH", "50")
 
-    def label(out: str, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*PRISMER, "label", str(tmp_path / "faint.png"), "--experts", "edge", "--out",
-                               str(tmp_path / out), *extra], capture_output=True, text=True, env=env)
+    def label(out: str, *extra: str, check: bool = True):
+        return cli("label", tmp_path / "faint.png", "--experts", "edge", "--out", tmp_path / out, *extra,
+                   load="edge", check=check)
 
-    assert label("from-env").returncode == 0
+    label("from-env")
     assert LabelStore(tmp_path / "from-env").read("edge", "faint.png").data.max() == 1.0
-    assert label("from-set", "--set", "edge.low=100", "--set", "edge.high=200").returncode == 0
+    label("from-set", "--set", "edge.low=100", "--set", "edge.high=200")
     assert LabelStore(tmp_path / "from-set").read("edge", "faint.png").data.max() == -1.0  # --set wins
 
-    bad = label("bad", "--set", "edge.hgh=50")
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    bad = label("bad", "--set", "edge.hgh=50", check=False)
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and len(bad.stderr.splitlines()) == 1
     assert "expert 'edge' has no setting 'hgh'" in bad.stderr and "did you mean 'high'" in bad.stderr
     assert not (tmp_path / "bad" / "edge").exists()
