@@ -87,6 +87,9 @@ class DecoderSpec(_Strict):
     pad_token_id: int = Field(ge=0)
     layer_norm_eps: float = Field(1e-5, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+    #: Dropout on attention weights. 0 keeps PyTorch's fused attention kernel; any other value
+    #: makes SDPA fall back to its unfused path on CPU.
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "DecoderSpec":

@@ -43,6 +43,14 @@ def test_shapes_for_0_1_3_and_6_experts_and_constant_token_count(count):
     assert torch.isfinite(out.loss) and 8.0 < out.loss.item() < 12.0  # about ln(30522) at init
 
 
+def test_stems_on_another_grid_than_the_patches_get_resized_positions():
+    """ViT-L/14 at 336 px has a 24×24 patch grid but 21×21 stem grids; 72 px with patch 16 is the tiny analogue."""
+    model = build_model(small_spec(image_size=72), experts("depth", "objdet"))
+    assert (model.encoder.grid, model.encoder.stem_grid) == (4, 5)
+    tokens = model.encode_images(make_batch(model))
+    assert tokens.shape == (2, 1 + 16 + 64, 192) and torch.isfinite(tokens).all()
+
+
 def test_prismerz_encoder_is_the_pretrained_vit_at_initialisation():
     spec = small_spec()
     tower = load_vision_tower(spec)

@@ -90,9 +90,9 @@ class FeedForward(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, spec: DecoderSpec, vision_width: int, adaptor_hidden: int) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(spec.hidden, spec.heads, dropout=spec.dropout)
+        self.self_attn = MultiHeadAttention(spec.hidden, spec.heads, dropout=spec.attention_dropout)
         self.self_norm = nn.LayerNorm(spec.hidden, eps=spec.layer_norm_eps)
-        self.cross_attn = MultiHeadAttention(spec.hidden, spec.heads, kv_dim=vision_width, dropout=spec.dropout)
+        self.cross_attn = MultiHeadAttention(spec.hidden, spec.heads, kv_dim=vision_width, dropout=spec.attention_dropout)
         self.cross_norm = nn.LayerNorm(spec.hidden, eps=spec.layer_norm_eps)
         self.adaptor = Adaptor(spec.hidden, adaptor_hidden, eps=spec.layer_norm_eps)
         self.ffn = FeedForward(spec)

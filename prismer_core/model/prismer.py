@@ -153,10 +153,12 @@ class Prismer(nn.Module):
         logits = self.decoder.logits(hidden)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            # Shift the labels, not the logits: slicing [B, T, V] logits would copy them all.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return PrismerOutput(loss=loss, logits=logits)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         batch: Mapping[str, Any],

@@ -1,0 +1,162 @@
+"""Prismer model speed on CPU: caption train step and beam-search captioning (issue 3's benchmark).
+
+    .venv/bin/python bench/bench_model.py                      # everything, prints a Markdown table
+    .venv/bin/python bench/bench_model.py --shapes tiny --experts six --repeats 5
+
+Settings, as the issue fixes them: 2 threads, fp32, 224 px images and expert maps, random
+weights built from config (nothing downloaded), backbones frozen. Train step: forward and
+backward of the caption loss on 30-token captions, batch 8 (tiny) or 4 (base). Captioning:
+3 beams, exactly 20 new tokens (min_length = max_new_tokens = 20) after a 4-token prompt, batch
+1 and 8. Expert sets: none (PrismerZ), depth+normal+edge, all six (seg, objdet and ocr as
+64-channel semantic maps, objdet and ocr with instance maps). Each measurement runs in its own
+process, so the peak resident memory reported belongs to it alone (libraries included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+
+SHAPES = {
+    # tiny: vision 192 wide, 4 layers, 3 heads, patch 16; decoder 192/4/3, intermediate 768, vocab 50,265
+    "tiny": ("tiny", {"decoder.vocab_size": 50265, "frozen": ["vision.backbone", "decoder.backbone"]}, 8),
+    # base: ViT-B/16 + roberta-base shapes, random init
+    "base": ("base", {"vision.pretrained": None, "decoder.weights": None}, 4),
+}
+EXPERT_SETS = {
+    "none": [],
+    "dense3": [("depth", "dense", 1), ("normal", "dense", 3), ("edge", "dense", 1)],
+    "six": [("depth", "dense", 1), ("normal", "dense", 3), ("edge", "dense", 1),
+            ("seg", "semantic", 0), ("objdet", "semantic+instances", 0), ("ocr", "semantic+instances", 0)],
+}
+IMAGE_SIZE, CAPTION_TOKENS, PROMPT_TOKENS, NEW_TOKENS, BEAMS = 224, 30, 4, 20, 3
+
+
+def measure(shape: str, experts: str, task: str, repeats: int) -> dict:
+    """One measurement, in this process: median seconds over ``repeats`` after one warm-up."""
+    import torch
+
+    from prismer_core.experts.contract import ExpertKind, ExpertSpec
+    from prismer_core.model import build_model
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    spec_name, overrides, train_batch = SHAPES[shape]
+    specs = {
+        name: ExpertSpec(name, "bench", ExpertKind.DENSE, channels=channels) if kind == "dense"
+        else ExpertSpec(name, "bench", ExpertKind.SEMANTIC, open_vocabulary=True, has_instances="instances" in kind)
+        for name, kind, channels in EXPERT_SETS[experts]
+    }
+    model = build_model(spec_name, specs) if not overrides else build_model(_spec(spec_name, overrides), specs)
+    batch_size = train_batch if task == "train" else int(task.split("b")[-1])
+    batch = _batch(model, batch_size)
+    vocab = model.spec.decoder.vocab_size
+    if task == "train":
+        model.train()
+        ids = torch.randint(5, vocab, (batch_size, CAPTION_TOKENS))
+
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            model(batch, ids, torch.ones_like(ids), labels=ids).loss.backward()
+    else:
+        model.eval()
+        prompt = torch.randint(5, vocab, (PROMPT_TOKENS,))
+
+        def run() -> None:  # min_length = max_new_tokens: always NEW_TOKENS tokens, whatever the weights prefer
+            model.generate(batch, prompt, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS, return_ids=True)
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "shape": shape, "experts": experts, "task": task, "batch": batch_size, "seconds": seconds,
+        "images_per_second": batch_size / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeats": repeats,
+    }
+
+
+def _spec(name: str, overrides: dict):
+    from prismer_core.specs import load_spec
+
+    return load_spec(name, overrides)
+
+
+def _batch(model, batch_size: int) -> dict:
+    import torch
+
+    size = model.image_size
+    batch = {"rgb": torch.randn(batch_size, 3, size, size), "experts": {}, "instances": {}}
+    for name, expert in model.expert_specs.items():
+        channels = model.spec.semantic_channels if expert.is_semantic else expert.channels
+        batch["experts"][name] = torch.rand(batch_size, channels, size, size) * 2 - 1
+        if expert.has_instances:  # 12 boxes per image
+            ids = torch.zeros(batch_size, size, size, dtype=torch.long)
+            for k in range(12):
+                top, left = (k * 37) % (size - 40), (k * 53) % (size - 60)
+                ids[:, top : top + 40, left : left + 60] = k + 1
+            batch["instances"][name] = ids
+    return batch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {torch.get_num_threads()} threads available, torch {torch.__version__}, {date.today()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="tiny,base")
+    parser.add_argument("--experts", default="none,dense3,six")
+    parser.add_argument("--tasks", default="train,caption_b1,caption_b8")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # shape:experts:task, run in a child process
+    args = parser.parse_args()
+    if args.one:
+        shape, experts, task = args.one.split(":")
+        print(json.dumps(measure(shape, experts, task, args.repeats)))
+        return
+    results = []
+    print(f"# {machine()}", flush=True)
+    print("| shape | experts | task | batch | s per call | images/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for shape in args.shapes.split(","):
+        for experts in args.experts.split(","):
+            for task in args.tasks.split(","):
+                child = subprocess.run(
+                    [sys.executable, __file__, "--one", f"{shape}:{experts}:{task}", "--repeats", str(args.repeats)],
+                    capture_output=True, text=True,
+                )
+                if child.returncode:
+                    print(f"| {shape} | {experts} | {task} | failed: {child.stderr.strip().splitlines()[-1]} |", flush=True)
+                    continue
+                row = json.loads(child.stdout.strip().splitlines()[-1])
+                results.append(row)
+                print(f"| {shape} | {experts} | {task} | {row['batch']} | {row['seconds']:.3f} | "
+                      f"{row['images_per_second']:.2f} | {row['peak_rss_mb']:.0f} |", flush=True)
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({"machine": machine(), "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
