@@ -10,7 +10,6 @@ from rich.table import Table
 
 from prismer_core.errors import PrismerError
 from prismer_core.experts.contract import ExpertKind, ExpertSpec, SpecError
-from prismer_core.model import build_model
 from prismer_core.registry import get_registry, parse_expert_names
 from prismer_core.specs import list_specs, load_spec
 
@@ -79,6 +78,8 @@ def info(
     Built on PyTorch's meta device from the shapes in the spec: nothing is downloaded or
     allocated. No experts means PrismerZ (RGB only, no resampler).
     """
+    from prismer_core.model import build_model  # imports torch: only when a model is built
+
     model_spec = load_spec(spec)
     expert_specs = resolve_experts(experts)
     model = build_model(model_spec, expert_specs, device="meta")
