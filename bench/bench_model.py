@@ -9,13 +9,16 @@ backward of the caption loss on 30-token captions, batch 8 (tiny) or 4 (base). C
 3 beams, exactly 20 new tokens (min_length = max_new_tokens = 20) after a 4-token prompt, batch
 1 and 8. Expert sets: none (PrismerZ), depth+normal+edge, all six (seg, objdet and ocr as
 64-channel semantic maps, objdet and ocr with instance maps). Each measurement runs in its own
-process, so the peak resident memory reported belongs to it alone (libraries included).
+process, so the peak resident memory reported belongs to it alone (libraries included). Times
+are the best of N calls after a warm-up (other jobs on a shared machine only add time); the
+1-minute load average before and after is printed so a contended row can be told apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -70,18 +73,21 @@ def measure(shape: str, experts: str, task: str, repeats: int) -> dict:
         prompt = torch.randint(5, vocab, (PROMPT_TOKENS,))
 
         def run() -> None:  # min_length = max_new_tokens: always NEW_TOKENS tokens, whatever the weights prefer
-            model.generate(batch, prompt, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS, return_ids=True)
+            model.generate(batch, prompt, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS,
+                           return_ids=True, eos_token_id=2)  # ids in and out: no tokenizer download
     run()
     times = []
+    load_before = os.getloadavg()[0]
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = min(times)  # best of N: other jobs on the machine only ever add time
     return {
         "shape": shape, "experts": experts, "task": task, "batch": batch_size, "seconds": seconds,
-        "images_per_second": batch_size / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "repeats": repeats,
+        "median_seconds": statistics.median(times), "images_per_second": batch_size / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "repeats": repeats,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -137,8 +143,8 @@ def main() -> None:
         return
     results = []
     print(f"# {machine()}", flush=True)
-    print("| shape | experts | task | batch | s per call | images/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("| shape | experts | task | batch | s per call (best) | median | images/s | peak RSS MB | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes.split(","):
         for experts in args.experts.split(","):
             for task in args.tasks.split(","):
@@ -152,7 +158,8 @@ def main() -> None:
                 row = json.loads(child.stdout.strip().splitlines()[-1])
                 results.append(row)
                 print(f"| {shape} | {experts} | {task} | {row['batch']} | {row['seconds']:.3f} | "
-                      f"{row['images_per_second']:.2f} | {row['peak_rss_mb']:.0f} |", flush=True)
+                      f"{row['median_seconds']:.3f} | {row['images_per_second']:.2f} | {row['peak_rss_mb']:.0f} | "
+                      f"{row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} |", flush=True)
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"machine": machine(), "results": results}, handle, indent=2)

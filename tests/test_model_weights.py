@@ -83,3 +83,19 @@ def test_checkpoint_references_sourced_backbones_instead_of_copying_them(backbon
     ids = torch.randint(5, 1000, (2, 6))
     with torch.no_grad():
         assert torch.allclose(restored(batch, ids).logits, model(batch, ids).logits, atol=1e-5)
+
+
+def test_cached_greedy_decoding_follows_transformers_roberta(backbones, model):
+    """Step by step, transformers' own forward pass picks the tokens our cached decoder picks."""
+    _, roberta_dir = backbones
+    reference = RobertaForCausalLM.from_pretrained(roberta_dir).eval()
+    batch = make_batch(model, seed=4)
+    prompt = torch.tensor([[0, 31, 415, 88], [0, 77, 5, 9]])
+    ours = model.generate(batch, prompt, num_beams=1, max_new_tokens=6, return_ids=True, eos_token_id=2)
+    ids = prompt
+    with torch.no_grad():
+        vision = model.encode_images(batch)
+        for _ in range(6):
+            logits = reference(input_ids=ids, encoder_hidden_states=vision).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    assert ours == ids[:, 4:].tolist()

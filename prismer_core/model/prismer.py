@@ -169,6 +169,7 @@ class Prismer(nn.Module):
         min_length: int = 0,
         use_cache: bool = True,
         return_ids: bool = False,
+        eos_token_id: int | None = None,
     ) -> list[str] | list[list[int]]:
         """Continue ``prompt`` for every image: beam search (``num_beams`` > 1) or greedy.
 
@@ -176,6 +177,7 @@ class Prismer(nn.Module):
         token). ``min_length`` is the least number of new tokens before the end token may come.
         Returns the new text of each image (or its token ids, end token excluded). Runs in
         eval mode; ``use_cache=False`` recomputes every step (for checking the cache only).
+        With token ids in and out and ``eos_token_id`` given, no tokenizer is needed.
         """
         if num_beams < 1 or max_new_tokens < 1:
             raise PrismerError("num_beams and max_new_tokens must be at least 1")
@@ -195,7 +197,8 @@ class Prismer(nn.Module):
                     hidden, _ = self.decoder(tokens, DecoderCache(cross=state.cross), valid)
                 return F.log_softmax(self.decoder.logits(hidden[:, -1]).float(), dim=-1), state
 
-            options = dict(max_new_tokens=max_new_tokens, min_length=min_length, eos_id=self.eos_token_id)
+            eos = self.eos_token_id if eos_token_id is None else eos_token_id
+            options = dict(max_new_tokens=max_new_tokens, min_length=min_length, eos_id=eos)
             if num_beams == 1:
                 ids = greedy_search(step, tokens, valid, state, **options)
             else:
