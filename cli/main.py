@@ -5,7 +5,7 @@ from __future__ import annotations
 from .app import new_app
 from . import embedders, experts, label
 from . import model
-from . import data
+from . import data, train
 
 app = new_app(
     "Prismer: a vision-language model that pools frozen, pluggable vision experts.\n\n"
@@ -16,6 +16,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(embedders.app, name="embedders")
 app.command("label")(label.label)
 app.add_typer(data.app, name="data")
+app.command("train")(train.train)
 
 if __name__ == "__main__":
     app()

@@ -162,34 +162,43 @@ def _reader_for(path: Path):
 
 
 # -- rows -> samples -----------------------------------------------------------------------
+#: The key that marks a row as meant for a task.
+TASK_KEYS = {"caption": "caption", "vqa": "question"}
+
+
 def _samples_from_row(
     row: object, tasks: Sequence[str], where: str, key: str, image: Path | TarMember
 ) -> list[Sample] | BadRow:
-    """The samples a row gives for ``tasks``, or the reason it gives none."""
+    """The samples a row gives for ``tasks``, or why it is bad.
+
+    A row may serve several tasks. A row meant only for a task not asked for (a caption row
+    in a ``--task vqa`` run over a mixed manifest) gives no samples and is not bad; a row
+    with a malformed value, or with no task key at all, is bad.
+    """
     if not isinstance(row, dict):
         return BadRow(where, f"expected a JSON object, got {type(row).__name__}")
     samples: list[Sample] = []
     problems: list[str] = []
-    if "caption" in tasks:
-        caption = row.get("caption")
+    if "caption" in tasks and "caption" in row:
+        caption = row["caption"]
         if isinstance(caption, str) and caption.strip():
             samples.append(Sample(key, where, "caption", image, caption=caption.strip()))
-        elif "caption" in row:
+        else:
             problems.append("'caption' must be a non-empty string")
+    if "vqa" in tasks and "question" in row:
+        question, answers = row["question"], _answers(row)
+        if not (isinstance(question, str) and question.strip()):
+            problems.append("'question' must be a non-empty string")
+        elif isinstance(answers, str):
+            problems.append(answers)
         else:
-            problems.append("missing key 'caption'")
-    if "vqa" in tasks:
-        question = row.get("question")
-        answers = _answers(row)
-        if isinstance(question, str) and question.strip() and isinstance(answers, tuple):
             samples.append(Sample(key, where, "vqa", image, question=question.strip(), answers=answers))
-        elif not (isinstance(question, str) and question.strip()):
-            problems.append("missing key 'question'" if "question" not in row else "'question' must be a non-empty string")
-        else:
-            problems.append(str(answers))
-    if samples:
+    if problems:
+        return BadRow(where, "; ".join(problems))
+    if samples or any(row_key in row for row_key in TASK_KEYS.values()):
         return samples
-    return BadRow(where, "; ".join(problems))
+    wanted = " or ".join(f"'{TASK_KEYS[t]}'" for t in tasks)
+    return BadRow(where, f"missing key {wanted}")
 
 
 def _answers(row: dict) -> tuple[str, ...] | str:

@@ -1,0 +1,225 @@
+"""How a step is taken: one plain process, DDP over several, or DeepSpeed ZeRO-2.
+
+All engines share the optimisation recipe: AdamW (weight decay on matrices only, not on
+biases and norms), linear warm-up then cosine decay (transformers' schedule), gradient
+clipping, and autocast in bf16/fp16 where the device supports it. They differ only in who
+holds which state, which is why saving and loading the training state is theirs too.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PrismerError
+from ..data.dataset import Batch
+from ..data.text import IGNORE_INDEX
+from .config import TrainConfig
+from .distributed import Distributed
+from .state import load_training_state, read_extra, save_training_state
+
+DEEPSPEED_TAG = "deepspeed"
+
+
+def choose_precision(requested: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU (where bf16
+    autocast works but is slower than fp32 on most processors; ask for it with bf16)."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if requested == "fp16" and device.type != "cuda":
+        raise PrismerError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters, with weight decay on weight matrices only (as GPT-2/nanoGPT)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    if not decay and not no_decay:
+        raise PrismerError("the model has no trainable parameters")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999),
+        # fused kernels on GPUs; on the CPU the multi-tensor version is about twice as fast
+        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, config.max_steps), config.max_steps)
+    return optimizer, scheduler
+
+
+def label_tokens(labels: torch.Tensor) -> int:
+    """How many tokens the loss is averaged over (the first position is never a label)."""
+    return int((labels != IGNORE_INDEX).sum())
+
+
+class Engine:
+    """Common surface: ``step``, ``evaluate``, ``save_state``/``load_state``, ``model``."""
+
+    name = "plain"
+
+    def __init__(self, model: nn.Module, config: TrainConfig, ctx: Distributed) -> None:
+        self.config, self.ctx = config, ctx
+        self.dtype = choose_precision(config.precision, ctx.device)
+        self.model = model.to(ctx.device)
+        self.optimizer, self.scheduler = make_optimizer(self.model, config, ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.dtype == torch.float16)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.wrapped: nn.Module = self.model
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.dtype)
+
+    def forward(self, module: nn.Module, batch: Batch):
+        with self.autocast():
+            return module(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels)
+
+    def step(self, batch: Batch) -> float:
+        """One optimisation step; returns this process's loss."""
+        self.wrapped.train()
+        batch = batch.to(self.ctx.device)
+        loss = self.forward(self.wrapped, batch).loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> tuple[float, int]:
+        """(summed loss, token count) of a batch, for a token-weighted mean over many."""
+        self.model.eval()
+        batch = batch.to(self.ctx.device)
+        loss = self.forward(self.model, batch).loss
+        tokens = label_tokens(batch.labels)
+        return float(loss) * tokens, tokens
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save_state(self, folder: Path, extra: dict[str, Any]) -> None:
+        """Write the training state into ``folder`` (the main process writes; others wait)."""
+        if self.ctx.is_main:
+            save_training_state(folder, self.optimizer, self.scheduler, self.scaler, extra)
+
+    def load_state(self, folder: Path) -> dict[str, Any]:
+        return load_training_state(folder, self.optimizer, self.scheduler, self.scaler)
+
+
+class DDPEngine(Engine):
+    """Data parallel over torchrun's processes: gradients are averaged in backward."""
+
+    name = "ddp"
+
+    def __init__(self, model: nn.Module, config: TrainConfig, ctx: Distributed) -> None:
+        super().__init__(model, config, ctx)
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        self.wrapped = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO stage 2: optimizer state and gradients are partitioned across processes.
+
+    The config comes from ``specs/deepspeed_zero2.json`` (or ``--deepspeed-config``); batch
+    size, clipping and precision are filled in from the run's settings so both agree.
+    """
+
+    name = "deepspeed"
+
+    def __init__(self, model: nn.Module, config: TrainConfig, ctx: Distributed) -> None:
+        import deepspeed
+
+        self.config, self.ctx = config, ctx
+        self.dtype = choose_precision(config.precision, ctx.device)
+        model = model.to(ctx.device)
+        optimizer, scheduler = make_optimizer(model, config, ctx.device)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.deepspeed_config(),
+        )
+        self.model = self.engine.module
+        self.wrapped = self.engine
+        self.scaler = None
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        from ..specs import data_file
+
+        path = Path(self.config.deepspeed_config) if self.config.deepspeed_config else data_file("deepspeed_zero2.json")
+        try:
+            ds = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PrismerError(f"DeepSpeed config {path} is unreadable: {exc}") from None
+        ds.pop("train_batch_size", None)
+        ds["train_micro_batch_size_per_gpu"] = self.config.batch_size
+        ds["gradient_accumulation_steps"] = 1
+        ds["gradient_clipping"] = self.config.grad_clip
+        ds["bf16"] = {**ds.get("bf16", {}), "enabled": self.dtype == torch.bfloat16}
+        ds["fp16"] = {**ds.get("fp16", {}), "enabled": self.dtype == torch.float16}
+        ds["zero_allow_untested_optimizer"] = True  # our AdamW, not DeepSpeed's compiled one
+        return ds
+
+    def autocast(self):
+        return nullcontext()  # DeepSpeed casts the model itself; inputs are cast in step()
+
+    def step(self, batch: Batch) -> float:
+        self.engine.train()
+        batch = batch.to(self.ctx.device, self.dtype if self.dtype != torch.float32 else None)
+        loss = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss
+        self.engine.backward(loss)
+        self.engine.step()
+        return float(loss.detach().float())
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> tuple[float, int]:
+        self.engine.eval()
+        batch = batch.to(self.ctx.device, self.dtype if self.dtype != torch.float32 else None)
+        loss = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss
+        tokens = label_tokens(batch.labels)
+        return float(loss.float()) * tokens, tokens
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save_state(self, folder: Path, extra: dict[str, Any]) -> None:
+        """Every process writes its optimizer partition; the main one adds the numbers."""
+        self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)
+        if self.ctx.is_main:
+            from ..atomic import write_json_atomic
+
+            write_json_atomic(folder / "trainer.json", {"engine": "deepspeed", **extra})
+
+    def load_state(self, folder: Path) -> dict[str, Any]:
+        path, _ = self.engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=False)
+        if path is None:
+            raise PrismerError(f"no DeepSpeed state in {folder}: was this run trained with another engine?")
+        return read_extra(folder)
+
+
+ENGINES = {"plain": Engine, "ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+
+
+def make_engine(name: str, model: nn.Module, config: TrainConfig, ctx: Distributed) -> Engine:
+    return ENGINES[name](model, config, ctx)

@@ -1,0 +1,198 @@
+"""`prismer train` as users run it: the loss falls, runs resume after a kill or Ctrl-C, bad
+data and unusable experts are refused with clear messages.
+
+Most runs go through the CLI in this process (typer's runner: no interpreter start-up); the
+kill and Ctrl-C tests need a real process of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prismer_core.data.demo import generate_demo
+from prismer_core.model import Prismer
+from prismer_core.train import TrainConfig, train
+
+PRISMER = [sys.executable, "-m", "prismer_cli.main"]
+#: Small and fast: the tiny spec on 32-pixel images (4 vision tokens of 16 pixels), one thread.
+SMALL = ["--spec", "tiny", "--spec-set", "image_size=32", "--batch-size", "8", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(out, n=40, seed=1, size=64)
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest(run: Path) -> dict:
+    return json.loads((run / "checkpoints" / "latest.json").read_text())
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if condition():
+                return
+        except (OSError, ValueError):
+            pass  # a file being replaced
+        time.sleep(0.05)
+
+
+def test_training_lowers_the_loss_and_writes_a_complete_run(cli, demo, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", demo / "train.jsonl", "--val-data", demo / "val.jsonl", "--task", "caption,vqa",
+            "--out", run, "--lr", "2e-3", "--warmup-steps", "4", "--eval-every", "20", "--eval-samples", "8",
+            "--workers", "1", *SMALL]
+    result = cli(*args, "--max-steps", "40")
+    assert f"checkpoint: {run / 'checkpoints' / 'step-000040'}" in result.stdout
+
+    losses = [r["loss"] for r in metrics(run) if "loss" in r]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 2.0, (first, last)  # from ~10.3 (uniform over 30k tokens) to well below
+    validation = [r for r in metrics(run) if "val_loss_vqa" in r]
+    assert [r["step"] for r in validation] == [20, 40] and validation[1]["val_loss_vqa"] < validation[0]["val_loss_vqa"]
+
+    record = json.loads((run / "run.json").read_text())
+    assert record["engine"] == "plain" and record["experts"] == {} and record["spec"]["image_size"] == 32
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert latest(run) == {"step": 40, "folder": "step-000040"}
+    model = Prismer.from_pretrained(run / "checkpoints" / "step-000040", experts={})
+    assert model.image_size == 32
+
+    # a run folder is never overwritten; resuming needs the same settings (but may go longer)
+    again = cli(*args, "--max-steps", "40", check=False)
+    assert again.exit_code == 1 and "already holds a run: pass --resume" in again.stderr
+    changed = cli(*args, "--max-steps", "42", "--resume", "--seed", "5", check=False)
+    assert changed.exit_code == 1 and "seed: run has 0, now 5" in changed.stderr
+    longer = cli(*args, "--max-steps", "42", "--resume")
+    assert "trained to step 42" in longer.stdout and "resuming" in longer.stderr
+    assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, 43))
+
+
+def test_sigkill_midway_then_resume_reaches_the_final_step(demo, tmp_path):
+    run = tmp_path / "run"
+    args = [*PRISMER, "train", "--data", demo / "train.jsonl", "--task", "vqa", "--out", run, "--max-steps", "16",
+            "--checkpoint-every", "3", "--workers", "1", *SMALL]
+    process = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: latest(run)["step"] >= 6, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = latest(run)["step"]
+    assert 6 <= killed_at < 16, "the kill should land midway"
+
+    result = subprocess.run(list(map(str, [*args, "--resume"])), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run} from step {killed_at}" in result.stderr
+    assert latest(run) == {"step": 16, "folder": "step-000016"}
+    assert [r["step"] for r in metrics(run)] == list(range(1, 17))  # redone after the checkpoint, not doubled
+    Prismer.from_pretrained(run / "checkpoints" / "step-000016", experts={})
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.json", "step-000015", "step-000016"]
+
+
+def test_resume_continues_with_the_same_optimizer_state_and_data_order(demo, tmp_path):
+    """Resuming from step 3 ends with exactly the weights of the uninterrupted run."""
+    config = dict(data=[str(demo / "train.jsonl")], tasks=["caption", "vqa"], spec_overrides={"image_size": 32},
+                  max_steps=6, batch_size=4, lr=1e-3, checkpoint_every=3, workers=1, threads=1)
+    straight = tmp_path / "straight"
+    train(TrainConfig(out=str(straight), **config), show_progress=False)
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000006")
+    (resumed / "checkpoints" / "latest.json").write_text(json.dumps({"step": 3, "folder": "step-000003"}))
+    result = train(TrainConfig(out=str(resumed), **config), resume=True, show_progress=False)
+    assert result.step == 6
+
+    expected = load_file(straight / "checkpoints" / "step-000006" / "weights.safetensors")
+    actual = load_file(resumed / "checkpoints" / "step-000006" / "weights.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(straight)]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits(demo, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        list(map(str, [*PRISMER, "train", "--data", demo / "train.jsonl", "--out", run, "--max-steps", "1000",
+                       "--workers", "1", *SMALL])),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for(lambda: len(metrics(run)) >= 3, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    step = latest(run)["step"]
+    assert 3 <= step < 1000 and f"interrupted at step {step}" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    Prismer.from_pretrained(run / "checkpoints" / f"step-{step:06d}", experts={})
+
+
+def test_bad_rows_stop_or_are_skipped(cli, demo, tmp_path):
+    """A corrupt image found by a loader worker is reported with its manifest line."""
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    rows = [json.dumps({"image": str(demo / "images" / "train" / f"{i:05d}.png"), "caption": "shapes"}) for i in range(8)]
+    rows.insert(4, json.dumps({"image": "broken.png", "caption": "shapes"}))
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(rows) + "\n")
+    args = ["train", "--data", manifest, "--max-steps", "3", "--workers", "1", *SMALL]
+
+    stopped = cli(*args, "--out", tmp_path / "stop", check=False)
+    assert stopped.exit_code == 1
+    assert stopped.stderr.startswith("Error:") or "\nError:" in stopped.stderr
+    error = next(line for line in stopped.stderr.splitlines() if line.startswith("Error:"))
+    assert f"{manifest}:5" in error and "cannot read image" in error and "--on-bad-row skip" in error
+
+    skipped = cli(*args, "--out", tmp_path / "skip", "--on-bad-row", "skip")
+    assert "trained to step 3" in skipped.stdout
+    assert "skipped 1 bad rows, the first: cannot read image" in skipped.stderr and f"{manifest}:5" in skipped.stderr
+
+
+def test_unusable_experts_are_refused_before_any_work(cli, demo, tmp_path):
+    base = ["train", "--data", demo / "train.jsonl", "--out", tmp_path / "run", "--max-steps", "1", *SMALL]
+    unknown = cli(*base, "--experts", "edge,ocrr", check=False)
+    assert unknown.exit_code == 1 and "unknown expert 'ocrr'; did you mean 'ocr'" in unknown.stderr
+    not_ready = cli(*base, "--experts", "edge,depth", check=False)
+    assert not_ready.exit_code == 1
+    assert "'depth'" in not_ready.stderr and "not ready" in not_ready.stderr and "PRISMER_DEPTH_MODEL" in not_ready.stderr
+    assert "'edge'" not in not_ready.stderr  # only the unusable one is named
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_experts_from_a_label_store(cli, demo, tmp_path):
+    """edge + ocr maps written by `prismer label`, read back for training."""
+    store = tmp_path / "labels"
+    few = demo / "first-four.jsonl"
+    few.write_text("".join(line + "\n" for line in (demo / "train.jsonl").read_text().splitlines()
+                           if json.loads(line)["image"] < "images/train/00004.png"))
+    cli("label", few, "--experts", "edge,ocr", "--out", store)
+    run = tmp_path / "run"
+    cli("train", "--data", few, "--labels", store, "--experts", "edge,ocr", "--task", "caption,vqa",
+        "--out", run, "--max-steps", "2", "--workers", "1", *SMALL)
+    record = json.loads((run / "run.json").read_text())
+    assert sorted(record["experts"]) == ["edge", "ocr"] and record["label_encoder"]
+    model = Prismer.from_pretrained(run / "checkpoints" / "step-000002")
+    assert sorted(model.expert_specs) == ["edge", "ocr"]
+    assert model.checkpoint_info.label_encoder == record["label_encoder"]
+
+    missing = cli("train", "--data", demo / "train.jsonl", "--labels", store, "--experts", "edge",
+                  "--out", tmp_path / "run2", "--max-steps", "2", "--workers", "1", *SMALL, check=False)
+    assert missing.exit_code == 1 and "has no 'edge' labels for image images/train/000" in missing.stderr
