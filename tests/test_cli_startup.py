@@ -26,6 +26,8 @@ LIGHT_COMMANDS = [
     ["model", "info", "--help"],
     ["data", "--help"],
     ["label", "--help"],
+    ["train", "--help"],
+    ["embedders", "--help"],
 ]
 
 
