@@ -214,3 +214,12 @@ def resolve_source(source: str) -> str:
         return str(function())
     except Exception as exc:
         raise ModelSpecError(f"cannot resolve {source!r}: {type(exc).__name__}: {exc}") from None
+
+
+def source_error(what: str, source: str, exc: BaseException) -> PrismerError:
+    """One line saying which weights could not be loaded, why, and what to do offline."""
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return PrismerError(
+        f"cannot load {what} {source!r}: {type(exc).__name__}: {reason} "
+        "(without internet, put a local file or directory in the spec instead of a tag or model id)"
+    )

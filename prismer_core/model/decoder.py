@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrismerError
-from ..specs import DecoderSpec, resolve_source
+from ..specs import DecoderSpec, resolve_source, source_error
 from .layers import Adaptor, KeyValue, MultiHeadAttention
 
 
@@ -268,7 +268,7 @@ def load_pretrained_decoder(decoder: TextDecoder, spec: DecoderSpec) -> list[str
     try:
         hf_model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True)
     except Exception as exc:
-        raise PrismerError(f"cannot load the decoder weights {source!r}: {type(exc).__name__}: {exc}") from None
+        raise source_error("the decoder weights", source, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     _check_config(hf_model.config, spec, source)

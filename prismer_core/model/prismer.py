@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import PrismerError
 from ..experts.contract import ExpertSpec
-from ..specs import PART_NAMES, DecoderSpec, ModelSpec, load_spec, resolve_source
+from ..specs import PART_NAMES, DecoderSpec, ModelSpec, load_spec, resolve_source, source_error
 from .decoder import DecoderCache, TextDecoder, load_pretrained_decoder
 from .generation import beam_search, greedy_search
 from .vision import VisionEncoder, load_vision_tower
@@ -330,7 +330,7 @@ def load_tokenizer(spec: DecoderSpec) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
-        raise PrismerError(f"cannot load the tokenizer {source!r}: {type(exc).__name__}: {exc}") from None
+        raise source_error("the tokenizer", source, exc) from None
     if len(tokenizer) > spec.vocab_size:
         raise PrismerError(f"tokenizer {source!r} has {len(tokenizer)} tokens but decoder.vocab_size is {spec.vocab_size}")
     if tokenizer.pad_token_id != spec.pad_token_id:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import PrismerError
 from ..experts.contract import ExpertSpec
-from ..specs import ModelSpec, data_dir
+from ..specs import ModelSpec, data_dir, source_error
 from .layers import Adaptor
 from .resampler import ExpertsResampler
 from .stems import ExpertStem, stem_grid
@@ -44,7 +44,6 @@ def load_vision_tower(spec: ModelSpec, device: str | torch.device = "cpu") -> nn
     register_bundled_configs()
     meta = torch.device(device).type == "meta"
     pretrained = None if meta else spec.vision.pretrained
-    where = f"{spec.vision.open_clip_model!r}" + (f" with weights {pretrained!r}" if pretrained else "")
     try:
         with torch.device("meta") if meta else nullcontext(), _quiet_random_init():
             clip = open_clip.create_model(
@@ -54,7 +53,8 @@ def load_vision_tower(spec: ModelSpec, device: str | torch.device = "cpu") -> nn
                 device=device,
             )
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError for a bad name, tag or file
-        raise PrismerError(f"spec {spec.name}: cannot load the vision tower {where}: {exc}") from None
+        what = f"the vision tower {spec.vision.open_clip_model!r}" + (" with weights" if pretrained else "")
+        raise source_error(what, pretrained or spec.vision.open_clip_model, exc) from None
     visual = clip.visual
     _check_supported(visual, spec.vision.open_clip_model)
     return visual
