@@ -5,6 +5,7 @@ from __future__ import annotations
 from .app import new_app
 from . import embedders, experts, label
 from . import model
+from . import infer
 from . import data, train
 
 app = new_app(
@@ -17,6 +18,9 @@ app.add_typer(embedders.app, name="embedders")
 app.command("label")(label.label)
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.command("caption")(infer.caption)
+app.command("vqa")(infer.vqa)
+app.command("eval")(infer.evaluate)
 
 if __name__ == "__main__":
     app()

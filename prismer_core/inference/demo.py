@@ -1,0 +1,64 @@
+"""The demo's evaluation table: each trained run, captions and VQA on the demo's test split.
+
+``prismer demo`` (prismer_core.train) calls :func:`evaluate_demo` after training; every number
+of the table it prints comes from a report written by the same :func:`evaluate` that
+``prismer eval`` runs, and the commands that reproduce each report are printed beneath it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+
+from .evaluation import HEADLINE, evaluate, metrics_table
+from .predictor import Predictor
+
+DEMO_TASKS = ("vqa", "caption")
+
+
+def evaluate_demo(
+    runs: Mapping[str, str | Path],
+    test_data: str | Path,
+    out: str | Path,
+    *,
+    labels: str | Path | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Evaluate each run (``{"edge+ocr": run folder or checkpoint, "PrismerZ": ...}``) on
+    ``test_data`` with the CLI's defaults: open-ended VQA, 3-beam captions.
+
+    Writes ``OUT/<run>-<task>.json`` per run and task, prints the table (VQA accuracy, CIDEr,
+    BLEU-4) and the `prismer eval` commands that give the same numbers; returns the table.
+    ``labels``: a label store holding the test images' expert maps (default: run the experts).
+    """
+    console = console or Console()
+    out = Path(out)
+    table: dict[str, dict[str, float]] = {}
+    commands = []
+    for name, run in runs.items():
+        predictor = Predictor.from_checkpoint(run, labels=labels)
+        row: dict[str, float] = {}
+        for task in DEMO_TASKS:
+            report_path = out / f"{_slug(name)}-{task}.json"
+            report = evaluate(predictor, test_data, task, console=console, show_progress=show_progress)
+            report.write(report_path)
+            row.update({metric: report.metrics[metric] for metric in HEADLINE[task]})
+            flags = ["--labels", str(labels)] if labels else []
+            commands.append(shlex.join(["prismer", "eval", "--checkpoint", str(run), "--data", str(test_data),
+                                        "--task", task, *flags, "--report", str(report_path)]))
+        table[name] = row
+    columns = [metric for task in DEMO_TASKS for metric in HEADLINE[task]]
+    console.print(metrics_table(f"Demo evaluation on {test_data}", table, columns))
+    console.print(f"reports in {out}; each row again from the command line:")
+    for command in commands:
+        console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
+    return table
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"

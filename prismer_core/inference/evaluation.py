@@ -1,0 +1,219 @@
+"""`prismer eval`: run a checkpoint over a manifest, score it, write a JSON report.
+
+Tasks and their metrics (from :mod:`prismer_core.metrics`):
+
+* ``caption``: CIDEr and BLEU-1..4 (pycocoevalcap's scorers); an image's references are all
+  caption rows of that image.
+* ``vqa``: VQA accuracy (answer normalisation; min(#matches/3, 1) with several reference
+  answers). Open-ended generation, or ranking over a candidate list (``answers``).
+* ``classify``: top-1 accuracy, ranking "A photo of a {class}." sentences; rows are
+  ``{"image": ..., "label": "cat"}``, the classes the distinct labels (or a ``classes`` list).
+
+The report holds every prediction beside its references, and its metrics are computed from
+exactly those predictions, so anyone can check them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..atomic import write_json_atomic
+from ..data.images import image_key
+from ..data.manifest import BadRowError, ManifestError, Sample, load_data
+from ..errors import PrismerError
+from ..metrics import caption_scores, mean_vqa_accuracy, top1_accuracy, vqa_accuracy
+from .predictor import DEFAULT_TEMPLATE, Predictor
+from .progress import progress_bar
+
+TASKS = ("caption", "vqa", "classify")
+#: The numbers the tables show first, per task.
+HEADLINE = {"caption": ("CIDEr", "BLEU-4"), "vqa": ("VQA accuracy",), "classify": ("top-1 accuracy",)}
+
+
+@dataclass
+class EvalReport:
+    task: str
+    checkpoint: str
+    data: str
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": len(self.predictions), **asdict(self)}
+
+    @property
+    def summary(self) -> str:
+        unit = "questions" if self.task == "vqa" else "images"
+        return f"{self.task}: {len(self.predictions)} {unit} of {self.data}, checkpoint {self.checkpoint}"
+
+    def write(self, path: str | Path) -> Path:
+        write_json_atomic(path, self.to_dict())
+        return Path(path)
+
+
+def evaluate(
+    predictor: Predictor,
+    data: str | Path,
+    task: str,
+    *,
+    answers: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    prefilter_k: int | None = None,
+    num_beams: int = 3,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> EvalReport:
+    """Evaluate ``predictor`` on the manifest ``data`` for ``task`` (see the module docstring).
+
+    ``answers``: candidate answers for VQA by ranking (None: open-ended). ``limit``: only the
+    first N images (caption, classify) or questions (vqa).
+    """
+    if task not in TASKS:
+        raise PrismerError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if limit is not None and limit < 1:
+        raise PrismerError("--limit must be at least 1")
+    settings: dict[str, Any] = {"batch_size": batch_size}
+    bar = {"console": console, "enabled": show_progress}
+    if task == "caption":
+        images, references = _caption_references(data, limit)
+        settings.update(num_beams=num_beams, max_new_tokens=max_new_tokens or 20, prompt=predictor.caption_prompt)
+        with progress_bar("captioning", len(images), **bar) as advance:
+            captions = predictor.caption(images, num_beams=num_beams, max_new_tokens=max_new_tokens or 20,
+                                         batch_size=batch_size, progress=advance)
+        predictions = [{"image": s.key, "prediction": c, "references": references[s.key]} for s, c in zip(images, captions)]
+    elif task == "vqa":
+        samples = load_data(data, ("vqa",)).samples[:limit]
+        questions = [s.question for s in samples]
+        with progress_bar("answering", len(samples), **bar) as advance:
+            if answers is None:
+                settings.update(mode="open-ended", num_beams=num_beams, max_new_tokens=max_new_tokens or 10)
+                said = predictor.answer(samples, questions, num_beams=num_beams, max_new_tokens=max_new_tokens or 10,
+                                        batch_size=batch_size, progress=advance)
+            else:
+                settings.update(mode="ranking", candidates=len(answers), prefilter_k=prefilter_k)
+                rankings = predictor.rank(samples, questions, answers, prefilter_k=prefilter_k, batch_size=batch_size, progress=advance)
+                said = [r.answer for r in rankings]
+        predictions = [
+            {"image": s.key, "question": s.question, "prediction": a, "answers": list(s.answers),
+             "accuracy": vqa_accuracy(a, s.answers)}
+            for s, a in zip(samples, said)
+        ]
+    else:
+        samples, labels = read_classification_rows(data)
+        samples, labels = samples[:limit], labels[:limit]
+        names = list(classes) if classes is not None else sorted(set(labels))
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise PrismerError(f"{data}: labels not among the classes: {', '.join(unknown[:5])}")
+        settings.update(template=template, classes=len(names))
+        with progress_bar("classifying", len(samples), **bar) as advance:
+            rankings = predictor.classify(samples, names, template, batch_size=batch_size, progress=advance)
+        predictions = [{"image": s.key, "prediction": r.answer, "label": label} for s, r, label in zip(samples, rankings, labels)]
+    return EvalReport(task, str(predictor.checkpoint), str(data), metrics_of(task, predictions), predictions, settings)
+
+
+def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The task's metrics from report predictions (what a reader of the report recomputes)."""
+    if task == "caption":
+        return caption_scores({p["image"]: p["prediction"] for p in predictions},
+                              {p["image"]: p["references"] for p in predictions})
+    if task == "vqa":
+        return {"VQA accuracy": mean_vqa_accuracy([p["prediction"] for p in predictions], [p["answers"] for p in predictions])}
+    return {"top-1 accuracy": top1_accuracy([p["prediction"] for p in predictions], [p["label"] for p in predictions])}
+
+
+def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> Table:
+    """One row per model (or report), one column per metric, four decimals as in the JSON."""
+    table = Table(title=title)
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{values[c]:.4f}" if c in values else "-" for c in columns))
+    return table
+
+
+def report_table(report: EvalReport) -> Table:
+    """A report's metrics, one per row, four decimals as in the JSON."""
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for metric, value in report.metrics.items():
+        table.add_row(metric, f"{value:.4f}")
+    return table
+
+
+def read_candidates(path: str | Path, what: str = "answers") -> list[str]:
+    """A candidate list: a JSON list of strings, or a text file with one per line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PrismerError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PrismerError(f"{path}: not valid JSON ({exc.msg})") from None
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise PrismerError(f"{path}: expected a JSON list of strings")
+    else:
+        values = text.splitlines()
+    values = list(dict.fromkeys(v.strip() for v in values if v.strip()))
+    if not values:
+        raise PrismerError(f"the {what} file {path} lists nothing")
+    return values
+
+
+def read_classification_rows(path: str | Path) -> tuple[list[Sample], list[str]]:
+    """Rows ``{"image": "img/1.png", "label": "cat"}`` of a JSONL manifest (paths relative to
+    it); a bad row stops the run naming its file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"data not found: {path}")
+    samples, labels = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadRowError(f"{where}: not valid JSON ({exc.msg})") from None
+            image, label = (row.get("image"), row.get("label")) if isinstance(row, dict) else (None, None)
+            if not (isinstance(image, str) and image and isinstance(label, str) and label.strip()):
+                raise BadRowError(f"{where}: a classification row needs 'image' (a path) and 'label' (a class name)")
+            relative = Path(image)
+            full = relative if relative.is_absolute() else path.parent / relative
+            if not full.is_file():
+                raise BadRowError(f"{where}: image not found: {full}")
+            key = image_key(full if relative.is_absolute() else relative, path.parent)
+            samples.append(Sample(key, where, "classify", full))
+            labels.append(label.strip())
+    if not samples:
+        raise ManifestError(f"{path} holds no classification rows")
+    return samples, labels
+
+
+def _caption_references(data: str | Path, limit: int | None) -> tuple[list[Sample], dict[str, list[str]]]:
+    """One sample per image (the first caption row of it) and all captions of each image."""
+    first: dict[str, Sample] = {}
+    references: dict[str, list[str]] = {}
+    for sample in load_data(data, ("caption",)).samples:
+        first.setdefault(sample.key, sample)
+        references.setdefault(sample.key, []).append(sample.caption)
+    images = list(first.values())[:limit]
+    return images, {s.key: references[s.key] for s in images}
