@@ -167,7 +167,7 @@ CASES: list[tuple[str, str, str, Callable[[Weights], dict]]] = [
     ("seg-mask2former", "seg", "Mask2Former Swin-T ADE20K architecture, random weights",
      lambda w: {"seg": {"model": w.mask2former}}),
     ("seg-sam", "seg", "SAM ViT-B architecture, random weights, 16×16 prompts (the default 32×32 has 4× "
-     "the decoder work); no mask passes the quality filters, so no CLIP naming is included",
+     "the decoder work); CLIP names only the masks that pass the quality filters",
      lambda w: {"seg": {"backend": "sam", "sam_checkpoint": w.sam, "clip_model": w.clip, "points_per_side": "16"}}),
     ("seg-sam-naming", "seg", "CLIP ViT-B-16 architecture, random weights, naming 32 masks per image",
      lambda w: {"seg": {"backend": "sam", "sam_checkpoint": w.sam, "clip_model": w.clip}}),
