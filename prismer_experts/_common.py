@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from prismer_core.experts.contract import Expert, Readiness
-from prismer_core.experts.settings import SettingError, merged_settings, parse_options
+from prismer_core.experts.settings import SettingError, parse_options
 
 
 def require_modules(*modules: str, extra: str | None = None, package: str | None = None) -> Readiness:
@@ -35,9 +35,6 @@ class BuiltinExpert(Expert):
     """
 
     Options: ClassVar[type] = NoOptions
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**merged_settings(self.spec.name, settings))
 
     @cached_property
     def options(self) -> Any:

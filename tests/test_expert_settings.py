@@ -74,3 +74,19 @@ def test_label_cli_passes_set_and_environment_to_the_expert(tmp_path, cli, monke
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and len(bad.stderr.splitlines()) == 1
     assert "expert 'edge' has no setting 'hgh'" in bad.stderr and "did you mean 'high'" in bad.stderr
     assert not (tmp_path / "bad" / "edge").exists()
+
+
+def test_every_expert_gets_environment_settings_not_only_builtins(monkeypatch):
+    """A third-party expert subclassing the bare contract sees PRISMER_<NAME>_<KEY> too."""
+    from prismer_core import DenseMap, Expert, ExpertKind, ExpertSpec
+
+    class Thirdparty(Expert):
+        spec = ExpertSpec(name="thirdparty", version="0.1", kind=ExpertKind.DENSE)
+
+        def predict(self, images, context=None):
+            return [DenseMap(None) for _ in images]
+
+    monkeypatch.setenv("PRISMER_THIRDPARTY_SIZE", "32")
+    monkeypatch.setenv("PRISMER_THIRDPARTY_MODE", "fast")
+    assert Thirdparty().settings == {"size": "32", "mode": "fast"}
+    assert Thirdparty(mode="slow").settings == {"size": "32", "mode": "slow"}

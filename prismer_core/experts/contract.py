@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
+from .settings import merged_settings
+
 #: The contract version this core implements. A plugin declares the one it was written for.
 CONTRACT_VERSION = 1
 #: Oldest contract version this core still accepts.
@@ -164,13 +166,14 @@ class Expert(ABC):
     Subclasses set the class attribute ``spec``. The constructor must stay cheap (no weight
     loading) because listing experts instantiates them; heavy work belongs in :meth:`load`,
     which the core calls once before the first :meth:`predict`.
-    Settings (a weights path, a model id, a backend) arrive as keyword arguments.
+    Settings (a weights path, a model id, a backend) arrive as keyword arguments, laid over
+    ``PRISMER_<NAME>_<KEY>`` environment variables, for every expert alike.
     """
 
     spec: ClassVar[ExpertSpec]
 
     def __init__(self, **settings: Any) -> None:
-        self.settings: dict[str, Any] = dict(settings)
+        self.settings: dict[str, Any] = merged_settings(self.spec.name, settings)
 
     def readiness(self) -> Readiness:
         """Say whether :meth:`predict` can run here (dependencies importable, weights present)."""
