@@ -28,7 +28,7 @@ def _rows() -> list[dict]:
     for name in sorted(registry.experts):
         entry = registry.experts[name]
         spec = entry.spec
-        readiness = entry.readiness()
+        readiness = registry.readiness(name) if entry.status == "ok" else entry.readiness()
         state = entry.status if entry.status != "ok" else ("ready" if readiness.ready else "not ready")
         reason = entry.reason if entry.status != "ok" else ("" if readiness.ready else str(readiness))
         rows.append(
@@ -104,7 +104,11 @@ def info(name: str = typer.Argument(..., help="Expert name, as shown by 'prismer
         if entry.spec.vocabulary:
             shown = list(entry.spec.vocabulary[:20])
             details["vocabulary"] = shown + ([f"… {len(entry.spec.vocabulary) - 20} more"] if len(entry.spec.vocabulary) > 20 else [])
-    details["status"] = entry.status_text()
+    if entry.status != "ok":
+        details["status"] = entry.status_text()
+    else:
+        readiness = registry.readiness(name)
+        details["status"] = "ready" if readiness.ready else f"not ready: {readiness}"
     width = max(len(k) for k in details)
     for key, value in details.items():
         if isinstance(value, list):

@@ -11,7 +11,7 @@ import difflib
 import importlib.metadata as md
 import os
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -208,6 +208,23 @@ class Registry:
                 f"is broken: {failed.reason}"
             )
         raise UnknownExpertError(name, list(self.experts))
+
+    def readiness(self, name: str, settings: Mapping[str, Mapping[str, Any]] | None = None) -> Readiness:
+        """An expert's own readiness, then that of every expert it depends on (a dependency
+        that cannot run makes the dependent one not ready, with the dependency's reason)."""
+        settings = settings or {}
+        own = self.entry(name).readiness(**settings.get(name, {}))
+        if not own.ready:
+            return own
+        try:
+            dependencies = self.resolve([name])[:-1]
+        except PrismerError as exc:
+            return Readiness.missing(f"its dependencies cannot be resolved: {exc}")
+        for dependency in dependencies:
+            needed = self.entry(dependency).readiness(**settings.get(dependency, {}))
+            if not needed.ready:
+                return Readiness.missing(f"needs expert '{dependency}', which is not ready: {needed.reason}", needed.fix)
+        return own
 
     def create(self, name: str, **settings: Any) -> Expert:
         """Instantiate a usable, ready expert, or raise an error that says what to do."""

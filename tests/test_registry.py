@@ -147,3 +147,16 @@ def test_a_text_embedder_name_cannot_be_taken_over_by_another_package(site_regis
     assert record.status == "broken"
     assert record.reason == "text embedder 'toy' is claimed by both prismer-toyembed 1.0.0 and prismer-impostor 9.9"
     assert site_registry.embedders["toy"].plugin.distribution == "prismer-toyembed"
+
+
+def test_an_expert_whose_dependency_is_not_ready_is_not_ready(monkeypatch):
+    """`normal` computes from `depth`: without depth weights it cannot run, and says why."""
+    from prismer_core.registry import load_registry
+
+    monkeypatch.delenv("PRISMER_DEPTH_MODEL", raising=False)
+    monkeypatch.delenv("PRISMER_WEIGHTS_DIR", raising=False)
+    registry = load_registry()
+    assert registry.experts["normal"].readiness().ready  # its own check passes
+    readiness = registry.readiness("normal")
+    assert not readiness.ready
+    assert "needs expert 'depth'" in readiness.reason
