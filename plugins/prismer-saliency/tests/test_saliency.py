@@ -73,3 +73,12 @@ def test_the_installed_package_is_discovered_through_its_entry_point():
     entry = registry.entry("saliency")
     assert entry.plugin.distribution == "prismer-saliency" and entry.plugin.version == prismer_saliency.__version__
     assert entry.status_text() == "ready"
+
+
+def test_bad_settings_make_the_expert_not_ready_with_a_reason():
+    from prismer_saliency import SpectralResidualSaliency
+
+    readiness = SpectralResidualSaliency(size="abc").readiness()
+    assert not readiness.ready and "size" in readiness.reason
+    assert not SpectralResidualSaliency(size="4").readiness().ready
+    assert SpectralResidualSaliency(size="32", sigma="1.5").readiness().ready

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from prismer_core import DenseMap, Expert, ExpertKind, ExpertSpec, Readiness, hookimpl
+from prismer_core.experts.settings import SettingError, parse_options
 
 __version__ = "1.0.0"
+
+
+@dataclass
+class SaliencyOptions:
+    size: int = 64
+    sigma: float = 2.5
+
+    def check(self) -> str | None:
+        if self.size < 8 or self.sigma < 0:
+            return "size must be at least 8 and sigma at least 0"
+        return None
 
 
 class SpectralResidualSaliency(Expert):
@@ -36,12 +49,19 @@ class SpectralResidualSaliency(Expert):
     def readiness(self) -> Readiness:
         if importlib.util.find_spec("cv2") is None:
             return Readiness.missing("Python module 'cv2' is not installed", "pip install opencv-python")
+        try:
+            self.options()
+        except SettingError as exc:  # a bad --set value is reported before any work starts
+            return Readiness.missing(str(exc))
         return Readiness.ok()
 
+    def options(self) -> SaliencyOptions:
+        """The settings, typed and checked (strings from --set or the environment included)."""
+        return parse_options(SaliencyOptions, self.settings, self.spec.name)
+
     def predict(self, images: Sequence[np.ndarray], context: Mapping | None = None) -> list[DenseMap]:
-        size = int(self.settings.get("size", 64))
-        sigma = float(self.settings.get("sigma", 2.5))
-        return [DenseMap(saliency_map(image, size, sigma)[..., None]) for image in images]
+        options = self.options()
+        return [DenseMap(saliency_map(image, options.size, options.sigma)[..., None]) for image in images]
 
 
 def saliency_map(image: np.ndarray, size: int = 64, sigma: float = 2.5) -> np.ndarray:
