@@ -4,6 +4,7 @@ through the Python API and `prismer caption` / `prismer vqa`, as users run them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,8 +155,9 @@ def test_cli_caption_and_vqa(cli, trained, tmp_path):
     assert best == Predictor.from_checkpoint(trained.checkpoint).rank([image], [row["question"]], ANSWERS)[0].answer
 
 
-def test_expert_maps_from_a_label_store_give_the_same_captions(cli, trained, tmp_path):
-    folder = trained.demo / "images" / "test"
+def test_expert_maps_from_a_label_store_give_the_same_captions(cli, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained.demo)  # paths relative to here, as typed in a shell
+    folder = Path("images") / "test"
     store = tmp_path / "store"
     cli("label", folder, "--experts", "edge", "--out", store)
     images = sorted(folder.glob("*.png"))[:2]
@@ -188,3 +190,37 @@ def test_a_missing_or_unready_expert_is_named_with_what_to_do(cli, trained, tmp_
     no_encoder = save_checkpoint(build_model(small_spec(), ocr), tmp_path / "ocr-model")
     with pytest.raises(PrismerError, match=r"uses semantic experts \(ocr\) but holds no label encoder file"):
         Predictor.from_checkpoint(no_encoder)
+
+
+def test_semantic_maps_are_encoded_with_the_checkpoints_own_label_encoder(tmp_path, monkeypatch):
+    """A random projection saved into the checkpoint is the one used; nothing is fitted anew."""
+    from PIL import ImageDraw, ImageFont
+
+    from prismer_core.experts.runner import ExpertRunner
+    from prismer_core.registry import get_registry
+    from prismer_core.semantic import LabelEncoder, Projection, create_embedder
+
+    monkeypatch.setenv("PRISMER_HOME", str(tmp_path / "home"))
+    embedder = create_embedder("minilm")
+    words = [f"word{i}" for i in range(80)]
+    projection = Projection.fit(np.random.default_rng(0).normal(size=(80, 384)), np.ones(384), words, embedder="minilm",
+                                embedder_identity=embedder.identity, embedder_settings=embedder.settings_to_save())
+    encoder_file = LabelEncoder(projection).save(tmp_path / "labels.safetensors")
+    ocr = {"ocr": get_registry().entry("ocr").spec}
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(build_model(small_spec(), ocr), tmp_path / "ocr-model",
+                                 label_encoder=projection.identity, label_encoder_file=encoder_file)
+
+    picture = Image.new("RGB", (192, 192), "white")
+    ImageDraw.Draw(picture).text((96, 96), "PRISMER", fill="black", font=ImageFont.load_default(size=40), anchor="mm")
+    image = np.asarray(picture)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.builder.label_encoder.identity == projection.identity
+    ocr_map = predictor.builder(as_inputs([image]))["experts"]["ocr"][0].permute(1, 2, 0).reshape(-1, 64).numpy()
+    names = ExpertRunner(["ocr"])([image], ["picture"])["ocr"][0].names
+    assert names  # the word was read
+    allowed = np.concatenate([projection.background[None], LabelEncoder(projection, embedder).vectors(names)])
+    seen = np.unique(ocr_map, axis=0)
+    assert len(seen) >= 2  # background and the word
+    assert all(np.abs(allowed - row).max(axis=1).min() < 1e-6 for row in seen)
+    assert not (tmp_path / "home" / "projections").exists()  # no projection was fitted

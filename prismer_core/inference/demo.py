@@ -1,8 +1,14 @@
 """The demo's evaluation table: each trained run, captions and VQA on the demo's test split.
 
-``prismer demo`` (prismer_core.train) calls :func:`evaluate_demo` after training; every number
-of the table it prints comes from a report written by the same :func:`evaluate` that
-``prismer eval`` runs, and the commands that reproduce each report are printed beneath it.
+``prismer demo`` (prismer_core.train.demo) calls :func:`evaluate_demo` after training::
+
+    from prismer_core.inference import evaluate_demo
+    evaluate_demo({name: result.checkpoint for name, result in report.runs.items()},
+                  data / "test.jsonl", out / "eval", labels=labels, console=console)
+
+Every number of the table it prints comes from a report written by the same
+:func:`~prismer_core.inference.evaluation.evaluate` that ``prismer eval`` runs, and the
+commands that reproduce each report are printed beneath it.
 """
 
 from __future__ import annotations

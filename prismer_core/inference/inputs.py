@@ -68,7 +68,7 @@ def as_inputs(images: ImageLike | Sequence[ImageLike], image_root: str | Path | 
             inputs.append(ImageInput(image, image.key, image.where))
         elif isinstance(image, (str, Path)):
             path = Path(image)
-            key = image_key(path, image_root) if image_root is not None else image_key(path.name)
+            key = image_key(path.resolve(), image_root) if image_root is not None else image_key(path.name)
             inputs.append(ImageInput(path, key, str(path)))
         elif isinstance(image, Image.Image):
             inputs.append(ImageInput(np.asarray(image.convert("RGB")), None, f"image {index} (PIL)"))
