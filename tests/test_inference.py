@@ -141,6 +141,9 @@ def test_cli_caption_and_vqa(cli, trained, tmp_path):
     assert [line["image"] for line in lines] == [str(i) for i in images]
     for line in lines:
         assert f"{line['image']}: {line['caption']}" in result.stdout and line["caption"]
+    failed = cli("caption", "--checkpoint", trained.run, images[0], tmp_path / "missing.png", "--out", tmp_path / "no.jsonl", check=False)
+    assert failed.exit_code == 1 and f"Error: image not found: {tmp_path / 'missing.png'}" in failed.output
+    assert not (tmp_path / "no.jsonl").exists()
 
     row = next(r for r in trained.test_rows() if "question" in r)
     image = trained.demo / row["image"]

@@ -68,6 +68,8 @@ def as_inputs(images: ImageLike | Sequence[ImageLike], image_root: str | Path | 
             inputs.append(ImageInput(image, image.key, image.where))
         elif isinstance(image, (str, Path)):
             path = Path(image)
+            if not path.is_file():  # before any work, not after the images before it
+                raise BadImageError(f"image not found: {path}")
             key = image_key(path.resolve(), image_root) if image_root is not None else image_key(path.name)
             inputs.append(ImageInput(path, key, str(path)))
         elif isinstance(image, Image.Image):
