@@ -97,7 +97,7 @@ class ObjectDetection(BuiltinExpert):
 
     def load(self, device: str = "cpu") -> None:
         os.environ.setdefault("YOLO_OFFLINE", "1")  # read when ultralytics is first imported
-        from ultralytics import YOLO
+        YOLO = import_yolo()
 
         path, readiness = self._weights(self.options)
         if path is None:
@@ -133,3 +133,21 @@ class ObjectDetection(BuiltinExpert):
 @hookimpl
 def register_experts(register):
     register(ObjectDetection)
+
+
+def import_yolo():
+    """Import ultralytics without keeping its process-wide patch of ``PIL.Image.open``.
+
+    On import, ultralytics replaces ``Image.open`` with a wrapper that, on an unidentifiable
+    file, tries to install and import pi-heif: every corrupt image anywhere in the process
+    (data loaders included) would then fail with an unrelated ModuleNotFoundError.
+    """
+    from PIL import Image
+
+    original_open = Image.open
+    try:
+        from ultralytics import YOLO
+    finally:
+        Image.open = original_open
+    return YOLO
+

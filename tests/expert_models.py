@@ -111,7 +111,9 @@ def open_clip_dir(folder: Path) -> str:
 
 def yolo_checkpoint(path: Path) -> Path:
     """YOLOv8n built from its yaml (random weights) with COCO class names, saved as a .pt."""
-    from ultralytics import YOLO
+    from prismer_experts.objdet import import_yolo
+
+    YOLO = import_yolo()
 
     model = YOLO("yolov8n.yaml")
     model.model.names = dict(enumerate(COCO_CLASSES))

@@ -76,7 +76,8 @@ def test_experts_list_is_truthful_about_weights(tiny_weights, tmp_path, cli, mon
     monkeypatch.setenv("PRISMER_WEIGHTS_DIR", str(tmp_path))
     before = statuses()
     assert set(before) == set(SIX.split(","))
-    assert before["edge"] == before["ocr"] == before["normal"] == "ready"  # no weights needed
+    assert before["edge"] == before["ocr"] == "ready"  # no weights needed
+    assert before["normal"].startswith("not ready: needs expert 'depth'")  # derived from depth
     for name, variable in (("depth", "PRISMER_DEPTH_MODEL"), ("seg", "PRISMER_SEG_MODEL"), ("objdet", "PRISMER_OBJDET_MODEL")):
         assert before[name].startswith("not ready") and variable in before[name]
 

@@ -49,7 +49,9 @@ def test_small_boxes_stay_visible_over_large_ones():
 
 
 def test_a_detector_with_other_classes_is_refused(checkpoint, tmp_path):
-    from ultralytics import YOLO
+    from prismer_experts.objdet import import_yolo
+
+    YOLO = import_yolo()
 
     model = YOLO(str(checkpoint))
     model.model.names = {i: f"part {i}" for i in range(80)}
@@ -66,3 +68,19 @@ def test_missing_checkpoint_says_where_to_put_one(monkeypatch, tmp_path):
     assert "PRISMER_OBJDET_MODEL=" in readiness.fix and "yolo11x.pt" in readiness.fix
     (tmp_path / "yolov8n.pt").write_bytes(b"")
     assert ObjectDetection().readiness().ready
+
+
+def test_loading_yolo_leaves_pillow_alone(checkpoint, tmp_path):
+    """ultralytics patches Image.open on import; a corrupt image must still be a clean error."""
+    from PIL import Image
+
+    from prismer_core.data.images import BadImageError, read_rgb
+    from prismer_experts.objdet import import_yolo
+
+    original_open = Image.open
+    import_yolo()
+    assert Image.open is original_open
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(BadImageError, match="bad.png"):
+        read_rgb(bad)
