@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -72,6 +74,7 @@ def test_shapes_that_disagree_with_the_weights_are_named(backbones):
 
 
 def test_checkpoint_references_sourced_backbones_instead_of_copying_them(backbones, model, tmp_path):
+    model = copy.deepcopy(model)  # the module's shared model stays at its pre-trained start
     with torch.no_grad():
         model.decoder.layers[1].adaptor.up.weight.normal_()  # "trained"
     directory = save_checkpoint(model, tmp_path / "ckpt", {"step": 7})
