@@ -55,7 +55,7 @@ def caption(
         captions = predictor.caption(images, prompt, num_beams=beams, max_new_tokens=max_new_tokens,
                                      min_length=min_length, batch_size=batch_size, progress=advance)
     for image, text in zip(images, captions):
-        typer.echo(f"{image}: {text}")
+        typer.echo(f"{image}: {text or '(empty: the model ended the caption at once)'}")
     if out is not None:
         lines = [json.dumps({"image": str(image), "caption": text}) for image, text in zip(images, captions)]
         write_bytes_atomic(out, ("\n".join(lines) + "\n").encode())
@@ -81,7 +81,7 @@ def vqa(
     candidates = read_candidates(answers) if answers is not None else None
     predictor = _predictor(checkpoint, labels, image_root, device, assignments)
     if candidates is None:
-        typer.echo(predictor.answer([image], [question], num_beams=beams)[0])
+        typer.echo(predictor.answer([image], [question], num_beams=beams)[0] or "(empty: the model ended the answer at once)")
         return
     ranking = predictor.rank([image], [question], candidates, prefilter_k=prefilter_k)[0]
     typer.echo(ranking.answer)

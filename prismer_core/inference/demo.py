@@ -59,7 +59,8 @@ def evaluate_demo(
                                         "--task", task, *flags, "--report", str(report_path)]))
         table[name] = row
     columns = [metric for task in DEMO_TASKS for metric in HEADLINE[task]]
-    console.print(metrics_table(f"Demo evaluation on {test_data}", table, columns))
+    console.print(f"evaluation on {test_data} (open-ended VQA, captions by 3-beam search):")
+    console.print(metrics_table(table, columns))
     console.print(f"reports in {out}; each row again from the command line:")
     for command in commands:
         console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)

@@ -134,10 +134,10 @@ def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str,
     return {"top-1 accuracy": top1_accuracy([p["prediction"] for p in predictions], [p["label"] for p in predictions])}
 
 
-def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> Table:
-    """One row per model (or report), one column per metric, four decimals as in the JSON."""
-    table = Table(title=title)
-    table.add_column("model")
+def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> Table:
+    """One row per run, one column per metric, four decimals as in the JSON."""
+    table = Table()
+    table.add_column("run")
     for column in columns:
         table.add_column(column, justify="right")
     for name, values in rows.items():

@@ -14,6 +14,7 @@ def progress_bar(description: str, total: int, console: Console | None = None, e
     """``with progress_bar("captioning", n) as advance: predictor.caption(..., progress=advance)``."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
-    with Progress(*columns, console=console or Console(stderr=True), disable=not enabled, transient=True) as progress:
+    console = console or Console(stderr=True)
+    with Progress(*columns, console=console, disable=not (enabled and console.is_terminal), transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda done: progress.advance(task, done)
