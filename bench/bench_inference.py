@@ -10,7 +10,7 @@ batch 1 and 8, reported per image; and VQA ranking of 256 candidate answers per 
 scored in full and with the first-token prefilter keeping 32, reported in questions per
 second (4 questions per call). PrismerZ (no experts: bench_experts.py times the experts).
 
-Settings: 2 threads, fp32, 224-pixel demo scenes, random weights built from the specs (nothing
+Settings: 2 threads (``--threads``), fp32, 224-pixel demo scenes, random weights built from the specs (nothing
 downloaded). ``tiny`` is the bundled tiny spec; ``base`` has the base spec's shapes (ViT-B/16,
 RoBERTa-base with its 50,265-token head) but, offline, the tiny spec's WordPiece tokenizer
 stands in for RoBERTa's. Times are the best of N calls after a warm-up; the CPU share other
@@ -38,16 +38,25 @@ NEW_TOKENS, BEAMS, QUESTIONS, CANDIDATES, PREFILTER_K = 20, 3, 4, 256, 32
 QUESTION = "what colour is the shape on the left?"
 
 
+#: A call during which other processes used more of the CPU than this is measured again (up to ATTEMPTS times).
+CLEAN, ATTEMPTS = 0.1, 3
+
+
 def timed(run, repeats: int) -> tuple[float, float]:
     """(best seconds, CPU share other processes used during that call) after one warm-up."""
     run()
     best = (float("inf"), 0.0)
-    for _ in range(repeats):
-        busy, own, start = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-        run()
-        elapsed = time.perf_counter() - start
-        others = (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / (elapsed * os.cpu_count())
-        best = min(best, (elapsed, max(0.0, others)))
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(20)
+        for _ in range(repeats):
+            busy, own, start = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            others = (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / (elapsed * os.cpu_count())
+            best = min(best, (elapsed, max(0.0, others)))
+        if best[1] <= CLEAN:
+            break
     return best
 
 
@@ -88,13 +97,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="tiny,base")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
 
     import torch
 
     from prismer_core.data.demo import generate_demo
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="prismer-bench-") as tmp:
         folder = Path(tmp)
         generate_demo(folder / "demo", n=30, seed=0, size=224)

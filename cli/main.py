@@ -7,6 +7,7 @@ from . import embedders, experts, label
 from . import model
 from . import infer
 from . import data, train
+from . import demo
 
 app = new_app(
     "Prismer: a vision-language model that pools frozen, pluggable vision experts.\n\n"
@@ -18,6 +19,7 @@ app.add_typer(embedders.app, name="embedders")
 app.command("label")(label.label)
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.command("demo")(demo.demo)
 app.command("caption")(infer.caption)
 app.command("vqa")(infer.vqa)
 app.command("eval")(infer.evaluate)

@@ -196,3 +196,17 @@ def test_experts_from_a_label_store(cli, demo, tmp_path):
     missing = cli("train", "--data", demo / "train.jsonl", "--labels", store, "--experts", "edge",
                   "--out", tmp_path / "run2", "--max-steps", "2", "--workers", "1", *SMALL, check=False)
     assert missing.exit_code == 1 and "has no 'edge' labels for image images/train/000" in missing.stderr
+
+
+def test_steps_hold_one_task_and_ranks_never_share_samples():
+    from prismer_core.train.sampler import StepSampler
+
+    tasks = ["caption"] * 10 + ["vqa"] * 30
+    ranks = [StepSampler(40, 4, 12, seed=3, rank=r, world_size=2, groups=tasks) for r in (0, 1)]
+    assert ranks[0].steps_per_epoch == 1 + 3  # per epoch: 10 // 8 caption batches, 30 // 8 vqa batches
+    for step in range(12):
+        first, second = ([i for i, _ in sampler.batch(step)] for sampler in ranks)
+        assert len({tasks[i] for i in first + second}) == 1  # one task per step, on every rank
+        assert not set(first) & set(second)
+    again = StepSampler(40, 4, 12, seed=3, rank=0, world_size=2, groups=tasks, start_step=5)
+    assert list(again) == [ranks[0].batch(step) for step in range(5, 12)]  # resumable mid-epoch

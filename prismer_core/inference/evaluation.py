@@ -85,43 +85,68 @@ def evaluate(
     if limit is not None and limit < 1:
         raise PrismerError("--limit must be at least 1")
     settings: dict[str, Any] = {"batch_size": batch_size}
-    bar = {"console": console, "enabled": show_progress}
+    run = _Run(predictor, settings, batch_size, {"console": console, "enabled": show_progress})
     if task == "caption":
-        images, references = _caption_references(data, limit)
-        settings.update(num_beams=num_beams, max_new_tokens=max_new_tokens or 20, prompt=predictor.caption_prompt)
-        with progress_bar("captioning", len(images), **bar) as advance:
-            captions = predictor.caption(images, num_beams=num_beams, max_new_tokens=max_new_tokens or 20,
-                                         batch_size=batch_size, progress=advance)
-        predictions = [{"image": s.key, "prediction": c, "references": references[s.key]} for s, c in zip(images, captions)]
+        predictions = _captions(run, data, limit, num_beams, max_new_tokens or 20)
     elif task == "vqa":
-        samples = load_data(data, ("vqa",)).samples[:limit]
-        questions = [s.question for s in samples]
-        with progress_bar("answering", len(samples), **bar) as advance:
-            if answers is None:
-                settings.update(mode="open-ended", num_beams=num_beams, max_new_tokens=max_new_tokens or 10)
-                said = predictor.answer(samples, questions, num_beams=num_beams, max_new_tokens=max_new_tokens or 10,
-                                        batch_size=batch_size, progress=advance)
-            else:
-                settings.update(mode="ranking", candidates=len(answers), prefilter_k=prefilter_k)
-                rankings = predictor.rank(samples, questions, answers, prefilter_k=prefilter_k, batch_size=batch_size, progress=advance)
-                said = [r.answer for r in rankings]
-        predictions = [
-            {"image": s.key, "question": s.question, "prediction": a, "answers": list(s.answers),
-             "accuracy": vqa_accuracy(a, s.answers)}
-            for s, a in zip(samples, said)
-        ]
+        predictions = _answers(run, data, limit, answers, prefilter_k, num_beams, max_new_tokens or 10)
     else:
-        samples, labels = read_classification_rows(data)
-        samples, labels = samples[:limit], labels[:limit]
-        names = list(classes) if classes is not None else sorted(set(labels))
-        unknown = sorted(set(labels) - set(names))
-        if unknown:
-            raise PrismerError(f"{data}: labels not among the classes: {', '.join(unknown[:5])}")
-        settings.update(template=template, classes=len(names))
-        with progress_bar("classifying", len(samples), **bar) as advance:
-            rankings = predictor.classify(samples, names, template, batch_size=batch_size, progress=advance)
-        predictions = [{"image": s.key, "prediction": r.answer, "label": label} for s, r, label in zip(samples, rankings, labels)]
+        predictions = _classes(run, data, limit, classes, template)
     return EvalReport(task, str(predictor.checkpoint), str(data), metrics_of(task, predictions), predictions, settings)
+
+
+@dataclass
+class _Run:
+    """What every task's evaluation needs: the predictor, the settings it records, the bar."""
+
+    predictor: Predictor
+    settings: dict[str, Any]
+    batch_size: int
+    bar: dict[str, Any]
+
+
+def _captions(run: _Run, data: str | Path, limit: int | None, num_beams: int, max_new_tokens: int) -> list[dict[str, Any]]:
+    images, references = _caption_references(data, limit)
+    run.settings.update(num_beams=num_beams, max_new_tokens=max_new_tokens, prompt=run.predictor.caption_prompt)
+    with progress_bar("captioning", len(images), **run.bar) as advance:
+        captions = run.predictor.caption(images, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                         batch_size=run.batch_size, progress=advance)
+    return [{"image": s.key, "prediction": c, "references": references[s.key]} for s, c in zip(images, captions)]
+
+
+def _answers(
+    run: _Run, data: str | Path, limit: int | None, candidates: Sequence[str] | None, prefilter_k: int | None,
+    num_beams: int, max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    samples = load_data(data, ("vqa",)).samples[:limit]
+    questions = [s.question for s in samples]
+    with progress_bar("answering", len(samples), **run.bar) as advance:
+        if candidates is None:
+            run.settings.update(mode="open-ended", num_beams=num_beams, max_new_tokens=max_new_tokens)
+            said = run.predictor.answer(samples, questions, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                        batch_size=run.batch_size, progress=advance)
+        else:
+            run.settings.update(mode="ranking", candidates=len(candidates), prefilter_k=prefilter_k)
+            rankings = run.predictor.rank(samples, questions, candidates, prefilter_k=prefilter_k,
+                                          batch_size=run.batch_size, progress=advance)
+            said = [r.answer for r in rankings]
+    return [
+        {"image": s.key, "question": s.question, "prediction": a, "answers": list(s.answers), "accuracy": vqa_accuracy(a, s.answers)}
+        for s, a in zip(samples, said)
+    ]
+
+
+def _classes(run: _Run, data: str | Path, limit: int | None, classes: Sequence[str] | None, template: str) -> list[dict[str, Any]]:
+    samples, labels = read_classification_rows(data)
+    samples, labels = samples[:limit], labels[:limit]
+    names = list(classes) if classes is not None else sorted(set(labels))
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise PrismerError(f"{data}: labels not among the classes: {', '.join(unknown[:5])}")
+    run.settings.update(template=template, classes=len(names))
+    with progress_bar("classifying", len(samples), **run.bar) as advance:
+        rankings = run.predictor.classify(samples, names, template, batch_size=run.batch_size, progress=advance)
+    return [{"image": s.key, "prediction": r.answer, "label": label} for s, r, label in zip(samples, rankings, labels)]
 
 
 def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -1,15 +1,17 @@
 """Which samples each step sees: a deterministic function of (seed, step, rank).
 
-Each epoch is a fresh permutation of the samples drawn from ``(seed, epoch)``; step ``s``
-takes the ``s``-th global batch of it, and rank ``r`` of ``world_size`` its ``r``-th slice,
-so ranks never share a sample and a resumed run (or one with more loader workers) sees
-exactly the batches an uninterrupted run would. Each sample also gets its own seed, which
-drives its crop, flip and answer choice.
+Each epoch draws from ``(seed, epoch)`` a fresh permutation of the samples of each group
+(task), cuts each into global batches, and shuffles the order of those batches. A batch thus
+holds one task only: short VQA texts are not padded to the length of captions, which makes
+a VQA step about three times cheaper on the demo. Step ``s`` takes the ``s``-th global batch
+and rank ``r`` of ``world_size`` its ``r``-th slice, so ranks never share a sample and a
+resumed run (or one with more loader workers) sees exactly the batches an uninterrupted run
+would. Each sample also gets its own seed, which drives its crop, flip and answer choice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -22,8 +24,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class StepSampler:
     """A batch sampler for :class:`torch.utils.data.DataLoader` yielding ``(index, seed)``
-    pairs for steps ``start_step .. max_steps - 1`` (the last partial batch of an epoch is
-    dropped so every step has the same global batch)."""
+    pairs for steps ``start_step .. max_steps - 1``. ``groups`` (one label per sample, e.g.
+    its task) keeps batches within a group; the last partial batch of each group is dropped
+    in each epoch so every step has the same global batch."""
 
     def __init__(
         self,
@@ -34,17 +37,34 @@ class StepSampler:
         rank: int = 0,
         world_size: int = 1,
         start_step: int = 0,
+        groups: Sequence[str] | None = None,
     ) -> None:
         self.global_batch = batch_size * world_size
-        if num_samples < self.global_batch:
+        labels = list(groups) if groups is not None else [""] * num_samples
+        if len(labels) != num_samples:
+            raise ValueError("groups must give one label per sample")
+        self.groups = [np.flatnonzero(np.asarray(labels) == g) for g in dict.fromkeys(labels)]
+        self.steps_per_epoch = sum(len(g) // self.global_batch for g in self.groups)
+        if self.steps_per_epoch == 0:
             raise PrismerError(
-                f"the data holds {num_samples} samples, fewer than one global batch "
+                f"the data holds {num_samples} samples, fewer than one global batch of a task "
                 f"({batch_size} per process × {world_size} processes): lower --batch-size"
             )
         self.num_samples, self.batch_size, self.max_steps = num_samples, batch_size, max_steps
         self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
-        self.steps_per_epoch = num_samples // self.global_batch
-        self._permutation: tuple[int, np.ndarray] | None = None
+        self._epoch: tuple[int, list[np.ndarray]] | None = None
+
+    def _batches_of(self, epoch: int) -> list[np.ndarray]:
+        """The global batches of an epoch, in order."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            batches = []
+            for members in self.groups:
+                shuffled = members[rng.permutation(len(members))]
+                whole = len(shuffled) // self.global_batch * self.global_batch
+                batches.extend(shuffled[:whole].reshape(-1, self.global_batch))
+            self._epoch = (epoch, [batches[i] for i in rng.permutation(len(batches))])
+        return self._epoch[1]
 
     def __len__(self) -> int:
         return max(0, self.max_steps - self.start_step)
@@ -54,10 +74,8 @@ class StepSampler:
 
     def batch(self, step: int) -> list[tuple[int, int]]:
         epoch, position = divmod(step, self.steps_per_epoch)
-        if self._permutation is None or self._permutation[0] != epoch:
-            self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_samples))
-        start = position * self.global_batch + self.rank * self.batch_size
-        indices = self._permutation[1][start : start + self.batch_size]
+        chunk = self._batches_of(epoch)[position]
+        indices = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return [(int(i), sample_seed(self.seed, epoch, int(i))) for i in indices]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

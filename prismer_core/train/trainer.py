@@ -139,7 +139,8 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
         model.image_mean, model.image_std, specs, labels, encoder, config.caption_prompt,
     )
     collate = Collator(model.tokenizer, config.max_text_length)
-    sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size, start_step)
+    sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
+                          start_step, groups=[s.task for s in data.samples])
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
     evaluator = _Evaluator(val, config, train_set, collate, engine, ctx) if val else None
 

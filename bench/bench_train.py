@@ -1,0 +1,268 @@
+"""Training throughput of the tiny spec on CPU: is the model or the data the bottleneck?
+
+Measures, on the demo scenes, in images per second:
+
+* the data loader alone (read image, expert maps, crop/resize, label embedding, tokenise,
+  collate) with 0, 2 (edge, ocr) and 6 experts;
+* a model step alone (forward, backward, AdamW) on a ready batch, with 0, 2 and 6 experts;
+* whole training (``prismer_core.train.train``: loader + model) with 0, 2 and 6 experts,
+  maps read from a label store, and with edge+ocr computed on the fly.
+
+Six experts are depth, normal, edge, seg, objdet and ocr. Only edge and ocr run offline here
+(the others need weights), so the label store gets their real maps and synthetic maps of the
+right kind for the other four (smooth depth, normals, segment and box label maps with
+instances): the loader and model costs are those of six experts, the experts' own inference
+is not included (see the "Experts" section for that).
+
+``--gpu`` instead measures the base spec (random init, shapes of ViT-B/16 + RoBERTa-base)
+with DeepSpeed ZeRO-2 in bf16 on synthetic batches: images/s and peak GPU memory. Run it
+under ``torchrun --nproc_per_node N bench/bench_train.py --gpu``.
+
+    .venv/bin/python bench/bench_train.py            # prints a markdown table, writes JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIX = ("depth", "normal", "edge", "seg", "objdet", "ocr")
+LIVE = ("edge", "ocr")
+
+
+def synthetic_output(spec, height: int, width: int, rng: np.random.Generator):
+    """A valid map of ``spec``'s kind for an expert that cannot run here (no weights)."""
+    from prismer_core.experts.contract import DenseMap, SemanticMap
+
+    if not spec.is_semantic:
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        planes = [np.sin(xs / width * np.pi * (c + 1) + rng.uniform(0, 3)) * np.cos(ys / height * np.pi) for c in range(spec.channels)]
+        return DenseMap(np.clip(np.stack(planes, -1), -1, 1).astype(np.float32))
+    labels = np.zeros((height, width), np.int32)
+    instances = np.zeros((height, width), np.int32)
+    names = list(spec.vocabulary[:3]) if spec.vocabulary else ["thing", "other thing", "third"]
+    for index in range(3):
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        labels[y0 : y0 + height // 3, x0 : x0 + width // 3] = index + 1
+        instances[y0 : y0 + height // 3, x0 : x0 + width // 3] = index + 1
+    return SemanticMap(labels, names, instances if spec.has_instances else None)
+
+
+def prepare(root: Path, images: int, scene_size: int) -> dict:
+    """Demo scenes, a label store with real edge/ocr maps and synthetic maps for the rest."""
+    from prismer_core.data.demo import generate_demo
+    from prismer_core.data.label_store import LabelStore
+    from prismer_core.data.images import list_images, read_rgb
+    from prismer_core.labeling import label_images
+    from prismer_core.registry import get_registry
+
+    summary = generate_demo(root / "data", n=images, seed=0, size=scene_size)
+    manifest = summary.manifest("train")
+    start = time.perf_counter()
+    report = label_images(manifest, list(LIVE), root / "labels", show_progress=False)
+    labelling = report.labelled / (time.perf_counter() - start)
+    registry = get_registry()
+    others = [name for name in SIX if name not in LIVE]
+    specs = {name: registry.entry(name).spec for name in others}
+    store = LabelStore(root / "labels")
+    store.open_for(specs, {name: registry.entry(name).plugin.package for name in others})
+    rng = np.random.default_rng(0)
+    for source in list_images(manifest):
+        height, width = read_rgb(source.path).shape[:2]
+        for name, spec in specs.items():
+            store.write(name, source.key, synthetic_output(spec, height, width, rng))
+    return {"manifest": manifest, "labels": root / "labels", "labelling_images_per_s": labelling}
+
+
+def training_data(manifest: Path, labels: Path | None, experts: tuple[str, ...], image_size: int):
+    """The dataset and collator a run builds (same classes, same settings as `prismer train`)."""
+    from prismer_core.data.dataset import Collator, LiveLabels, StoredLabels, TrainingData
+    from prismer_core.data.manifest import load_data
+    from prismer_core.data.transforms import PairedTransform
+    from prismer_core.model import build_model
+    from prismer_core.semantic import load_label_encoder
+    from prismer_core.specs import load_spec
+    from prismer_core.train.experts import require_experts
+
+    specs = require_experts(list(experts), live=labels is None)
+    model = build_model(load_spec("tiny", {"image_size": image_size}), specs)
+    source = (StoredLabels(labels, specs) if labels else LiveLabels(list(experts))) if experts else None
+    encoder = load_label_encoder() if any(s.is_semantic for s in specs.values()) else None
+    samples = load_data(manifest, ("caption", "vqa")).samples
+    data = TrainingData(samples, PairedTransform(image_size, True, (0.9, 1.0)), model.image_mean, model.image_std,
+                        specs, source, encoder)
+    return model, data, Collator(model.tokenizer)
+
+
+def loader_images_per_s(data, collate, batch_size: int, workers: int, batches: int) -> float:
+    import torch
+
+    from prismer_core.train.sampler import StepSampler
+
+    sampler = StepSampler(len(data), batch_size, batches + 1, seed=0)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    iterator = iter(loader)
+    next(iterator)  # workers started, first batch ready
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def model_images_per_s(model, data, collate, batch_size: int, steps: int) -> float:
+    from prismer_core.train.config import TrainConfig
+    from prismer_core.train.distributed import Distributed
+    from prismer_core.train.engine import make_engine
+
+    config = TrainConfig(data=["-"], out="-", batch_size=batch_size, max_steps=steps + 2, lr=1e-4)
+    engine = make_engine("plain", model, config, Distributed())
+    batch = collate([data[(i, i)] for i in range(batch_size)])
+    engine.step(batch)  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        engine.step(batch)
+        times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times)
+
+
+def training_images_per_s(root: Path, manifest: Path, labels: Path | None, experts: tuple[str, ...], args) -> float:
+    """Whole `train()` runs; the median of the per-step rates after two warm-up steps."""
+    from prismer_core.train import TrainConfig, train
+
+    out = root / "runs" / f"{'-'.join(experts) or 'rgb'}-{'store' if labels else 'live'}"
+    config = TrainConfig(data=[str(manifest)], out=str(out), spec="tiny", spec_overrides={"image_size": args.image_size},
+                         experts=list(experts), tasks=["caption", "vqa"], labels=str(labels) if labels else None,
+                         max_steps=args.steps + 2, batch_size=args.batch_size, workers=args.workers, crop_scale=0.9)
+    train(config, show_progress=False)
+    rates = [json.loads(line)["images_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(rates[2:])
+
+
+def cpu_bench(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: dict = {"machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepared = prepare(root, args.images, args.scene_size)
+        results["labelling_edge_ocr_images_per_s"] = round(prepared["labelling_images_per_s"], 2)
+        cases = [("0 (PrismerZ)", (), "store"), ("2: edge, ocr", LIVE, "store"), ("6", SIX, "store"), ("2: edge, ocr", LIVE, "on the fly")]
+        for label, experts, source in cases:
+            labels = prepared["labels"] if source == "store" else None
+            model, data, collate = training_data(prepared["manifest"], labels, experts, args.image_size)
+            row = {"experts": label, "maps": source if experts else "-"}
+            row["loader"] = loader_images_per_s(data, collate, args.batch_size, args.workers, args.batches)
+            if source == "store":
+                row["model step"] = model_images_per_s(model, data, collate, args.batch_size, args.steps)
+            row["training"] = training_images_per_s(root, prepared["manifest"], labels, experts, args)
+            results["rows"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+            print(json.dumps(results["rows"][-1]), file=sys.stderr)
+    return results
+
+
+def gpu_bench(args) -> dict:
+    """Base shapes, DeepSpeed ZeRO-2, bf16, synthetic batches (no tokenizer or weights needed)."""
+    import torch
+
+    from prismer_core.data.dataset import Batch
+    from prismer_core.model import build_model
+    from prismer_core.registry import get_registry
+    from prismer_core.specs import load_spec
+    from prismer_core.train.config import TrainConfig
+    from prismer_core.train.distributed import setup_distributed
+    from prismer_core.train.engine import make_engine
+
+    ctx = setup_distributed("auto")
+    if ctx.device.type != "cuda":
+        raise SystemExit("--gpu needs a GPU")
+    registry = get_registry()
+    results: dict = {"machine": machine(), "gpu": torch.cuda.get_device_name(ctx.device), "world_size": ctx.world_size, "rows": []}
+    for experts in ((), SIX):
+        specs = {name: registry.entry(name).spec for name in experts}
+        spec = load_spec("base", {"vision.pretrained": None, "decoder.weights": None})
+        model = build_model(spec, specs)
+        config = TrainConfig(data=["-"], out="-", batch_size=args.batch_size, max_steps=args.steps + 3, precision="bf16",
+                             engine="deepspeed").validate()
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+        engine = make_engine("deepspeed", model, config, ctx)
+        size, count = spec.image_size, args.batch_size
+        inputs = {"rgb": torch.randn(count, 3, size, size), "experts": {}, "instances": {}}
+        for name, expert in specs.items():
+            inputs["experts"][name] = torch.randn(count, 64 if expert.is_semantic else expert.channels, size, size).clamp(-1, 1)
+            if expert.has_instances:
+                inputs["instances"][name] = torch.randint(0, 8, (count, size, size))
+        ids = torch.randint(5, spec.decoder.vocab_size, (count, 32))
+        labels = ids.clone()
+        labels[:, :8] = -100
+        batch = Batch(inputs, ids, torch.ones_like(ids), labels, ["caption"] * count, [])
+        for _ in range(3):
+            engine.step(batch)
+        torch.cuda.synchronize(ctx.device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            engine.step(batch)
+        torch.cuda.synchronize(ctx.device)
+        seconds = time.perf_counter() - start
+        results["rows"].append({
+            "experts": len(experts), "images_per_s": round(args.steps * count * ctx.world_size / seconds, 1),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2),
+        })
+        del engine, model
+        torch.cuda.empty_cache()
+    return results
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "date": datetime.date.today().isoformat(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = ["| experts | maps | data loader alone | model step alone | training |", "|---|---|---|---|---|"]
+    for row in results["rows"]:
+        model = f"{row['model step']:.1f}" if "model step" in row else "-"
+        lines.append(f"| {row['experts']} | {row['maps']} | {row['loader']:.1f} | {model} | {row['training']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=48, help="demo scenes to label and train on")
+    parser.add_argument("--scene-size", type=int, default=192)
+    parser.add_argument("--image-size", type=int, default=64, help="what the model sees (the demo's setting)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    parser.add_argument("--batches", type=int, default=8, help="timed loader batches")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--gpu", action="store_true", help="base spec, DeepSpeed ZeRO-2, bf16 (needs GPUs)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    results = gpu_bench(args) if args.gpu else cpu_bench(args)
+    print(json.dumps(results, indent=2) if args.gpu else markdown(results))
+    print(json.dumps(results["machine"]), file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""`prismer demo`: the main job on the built-in offline default, start to end.
+
+1. generate the demo scenes (:mod:`prismer_core.data.demo`) under ``OUT/data``;
+2. label every split with the ``edge`` and ``ocr`` experts into the label store ``OUT/labels``;
+3. train the tiny spec twice on the same data and schedule: with ``edge,ocr``, and as
+   PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``;
+4. print what training measured (final losses, throughput) and where plots and checkpoints are;
+5. evaluate both on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores.
+
+Every stage resumes: the data is deterministic, the label store skips finished images, and a
+run folder that exists is resumed (a finished one is left as it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import TrainConfig
+from .run_dir import RunDir
+from .trainer import TrainResult, train
+
+#: The two runs compared: a name and its experts.
+RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("experts", ("edge", "ocr")), ("rgb", ()))
+
+
+@dataclass
+class DemoSettings:
+    """Sizes chosen so the whole demo stays under 15 minutes on 2 CPU cores (see
+    docs/benchmarks.md, "Training"); raise them on a bigger machine."""
+
+    n: int = 320
+    seed: int = 0
+    scene_size: int = 192  # the generated images (the OCR expert reads words at this size)
+    image_size: int = 64  # what the model sees
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-3
+    workers: int = 1
+    threads: int = 0
+    eval_every: int = 100
+
+    def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...]) -> TrainConfig:
+        return TrainConfig(
+            data=[str(data / "train.jsonl")], val_data=[str(data / "val.jsonl")], out=str(out),
+            spec="tiny", spec_overrides={"image_size": self.image_size}, experts=list(experts),
+            tasks=["caption", "vqa"], labels=str(labels) if experts else None,
+            max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            crop_scale=0.9, hflip=0.0,  # positions are named in the text: no flips
+            workers=self.workers, threads=self.threads, eval_every=self.eval_every, eval_samples=256,
+        )
+
+
+@dataclass
+class DemoReport:
+    out: Path
+    runs: dict[str, TrainResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Console | None = None) -> DemoReport:
+    """Generate, label, train twice, evaluate; prints progress and the results table."""
+    import time
+
+    from ..data.demo import generate_demo
+    from ..labeling import label_images
+
+    settings = settings or DemoSettings()
+    console = console or Console(stderr=True, soft_wrap=True)
+    out = Path(out)
+    report = DemoReport(out)
+    data, labels = out / "data", out / "labels"
+
+    start = time.perf_counter()
+    console.rule("1/5 demo data")
+    summary = generate_demo(data, n=settings.n, seed=settings.seed, size=settings.scene_size)
+    console.print(f"{sum(summary.images.values())} scenes ({', '.join(f'{k} {v}' for k, v in summary.images.items())}) in {data}")
+    report.seconds["data"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    console.rule("2/5 expert labels: edge, ocr")
+    experts = RUNS[0][1]
+    for split in summary.images:
+        done = label_images(summary.manifest(split), experts, labels, console=console)
+        console.print(f"{split}: labelled {done.labelled} images, {done.skipped_done} already done")
+    report.seconds["labels"] = time.perf_counter() - start
+
+    for index, (name, run_experts) in enumerate(RUNS, start=1):
+        start = time.perf_counter()
+        what = ",".join(run_experts) if run_experts else "none (PrismerZ, RGB only)"
+        console.rule(f"3/5 training {index}/{len(RUNS)}: experts {what}")
+        folder = out / "runs" / name
+        config = settings.train_config(folder, data, labels, run_experts)
+        report.runs[name] = train(config, resume=RunDir(folder).exists(), console=console)
+        report.seconds[f"train {name}"] = time.perf_counter() - start
+
+    console.rule("4/5 training results")
+    console.print("validation loss is the cross-entropy per caption/answer token:")
+    console.print(results_table(report))
+    for name, result in report.runs.items():
+        console.print(f"{name}: checkpoint {result.checkpoint}; loss curves {result.plot}")
+    console.rule("5/5 evaluation on the test split")
+    start = time.perf_counter()
+    report.evaluation = evaluate_demo(report, data / "test.jsonl", labels, console)
+    report.seconds["evaluation"] = time.perf_counter() - start
+    console.print("time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report.seconds.items()))
+    return report
+
+
+def results_table(report: DemoReport) -> Table:
+    """What training measured: final training and validation losses, throughput."""
+    table = Table()
+    for column in ("run", "experts", "steps", "train loss", "val loss caption", "val loss vqa", "images/s"):
+        table.add_column(column)
+    for name, result in report.runs.items():
+        experts = ",".join(e for n, experts in RUNS if n == name for e in experts) or "-"
+        val = result.val_loss
+        table.add_row(
+            name, experts, str(result.step), _number(result.last_loss),
+            _number(val.get("caption")), _number(val.get("vqa")), f"{result.images_per_second:.1f}",
+        )
+    return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def evaluate_demo(report: DemoReport, test_manifest: Path, labels: Path, console: Console) -> dict[str, dict[str, float]]:
+    """The evaluation table of both runs on the test split (VQA accuracy, caption CIDEr and
+    BLEU-4), by the same code as `prismer eval` (:func:`prismer_core.inference.evaluate_demo`)."""
+    from ..inference import evaluate_demo as evaluate_runs
+
+    names = {"experts": "edge+ocr", "rgb": "PrismerZ"}
+    runs = {names.get(name, name): result.checkpoint for name, result in report.runs.items()}
+    return evaluate_runs(runs, test_manifest, report.out / "eval", labels=labels, console=console)
