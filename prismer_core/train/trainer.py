@@ -112,13 +112,14 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     latest = _prepare_run(run, config, resume, ctx)
     engine_name = choose_engine(config.engine, ctx)
 
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
     if latest is not None:
         model = Prismer.from_pretrained(latest[1], experts=specs)
     else:
         model = build_model(load_spec(config.spec, config.spec_overrides or None), specs)
     encoder = _label_encoder(specs, latest[1] if latest else None)
 
-    torch.manual_seed(config.seed + ctx.rank)
+    torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
     engine = make_engine(engine_name, model, config, ctx)
     start_step, skipped = 0, []
     if latest is not None:
@@ -140,7 +141,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     )
     collate = Collator(model.tokenizer, config.max_text_length)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
-                          start_step, groups=[s.task for s in data.samples])
+                          start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
     evaluator = _Evaluator(val, config, train_set, collate, engine, ctx) if val else None
 
