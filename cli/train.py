@@ -32,6 +32,7 @@ def train(
     on_bad_row: str = typer.Option("stop", "--on-bad-row", help="stop at the first bad row (missing key, unreadable image), or skip them and report a count."),
     crop_scale: float = typer.Option(0.5, "--crop-scale", help="Smallest random crop as a share of the image area (1: no cropping)."),
     hflip: float = typer.Option(0.0, "--hflip", help="Probability of a horizontal flip; 'left'/'right' in the text are swapped on flipped samples."),
+    group_by_task: bool = typer.Option(False, "--group-by-task", help="Give each batch one task (less padding for short VQA answers; the rarer task gets fewer steps)."),
     max_text_length: int = typer.Option(64, "--max-text-length", help="Tokens per sample (prompt + target), longer ones are cut."),
     caption_prompt: str = typer.Option("", "--caption-prompt", help="Text the caption follows, e.g. 'a picture of' (used again at inference)."),
     log_every: int = typer.Option(1, "--log-every", min=1, help="Write a metrics line every N steps."),
@@ -71,7 +72,7 @@ def train(
         max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
         grad_clip=grad_clip, precision=precision, engine=engine,
         deepspeed_config=str(deepspeed_config) if deepspeed_config else None, device=device, workers=workers, threads=threads,
-        seed=seed, on_bad_row=on_bad_row, crop_scale=crop_scale, hflip=hflip, max_text_length=max_text_length,
+        seed=seed, on_bad_row=on_bad_row, crop_scale=crop_scale, hflip=hflip, group_by_task=group_by_task, max_text_length=max_text_length,
         caption_prompt=caption_prompt, log_every=log_every, eval_every=eval_every, eval_samples=eval_samples,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
     )

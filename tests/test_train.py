@@ -198,10 +198,13 @@ def test_experts_from_a_label_store(cli, demo, tmp_path):
     assert missing.exit_code == 1 and "has no 'edge' labels for image images/train/000" in missing.stderr
 
 
-def test_steps_hold_one_task_and_ranks_never_share_samples():
+def test_group_by_task_steps_hold_one_task_and_ranks_never_share_samples():
     from prismer_core.train.sampler import StepSampler
 
     tasks = ["caption"] * 10 + ["vqa"] * 30
+    mixed = StepSampler(40, 4, 12, seed=3, rank=0, world_size=2)  # the default: no groups
+    assert mixed.steps_per_epoch == 40 // 8
+    assert any(len({tasks[i] for i, _ in mixed.batch(step)}) == 2 for step in range(12))
     ranks = [StepSampler(40, 4, 12, seed=3, rank=r, world_size=2, groups=tasks) for r in (0, 1)]
     assert ranks[0].steps_per_epoch == 1 + 3  # per epoch: 10 // 8 caption batches, 30 // 8 vqa batches
     for step in range(12):

@@ -50,6 +50,7 @@ class TrainConfig:
     on_bad_row: str = "stop"
     crop_scale: float = 0.5  # smallest crop, as a share of the image area
     hflip: float = 0.0
+    group_by_task: bool = False  # one task per batch: cheaper steps, but the rarer task trains rarely
     max_text_length: int = 64
     caption_prompt: str = ""
     log_every: int = 1

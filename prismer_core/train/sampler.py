@@ -1,9 +1,12 @@
 """Which samples each step sees: a deterministic function of (seed, step, rank).
 
-Each epoch draws from ``(seed, epoch)`` a fresh permutation of the samples of each group
-(task), cuts each into global batches, and shuffles the order of those batches. A batch thus
-holds one task only: short VQA texts are not padded to the length of captions, which makes
-a VQA step about three times cheaper on the demo. Step ``s`` takes the ``s``-th global batch
+Each epoch draws from ``(seed, epoch)`` a fresh permutation of the samples of each group,
+cuts each into global batches, and shuffles the order of those batches. By default all
+samples form one group, so tasks mix in every batch in proportion to the data. With one
+group per task (``prismer train --group-by-task``) a batch holds one task only: short VQA
+texts are not padded to the length of captions, which makes a VQA step cheaper, but a task
+with few samples then gets few steps (on the demo, captions trained badly that way).
+Step ``s`` takes the ``s``-th global batch
 and rank ``r`` of ``world_size`` its ``r``-th slice, so ranks never share a sample and a
 resumed run (or one with more loader workers) sees exactly the batches an uninterrupted run
 would. Each sample also gets its own seed, which drives its crop, flip and answer choice.
