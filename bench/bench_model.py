@@ -61,10 +61,15 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
         for name, kind, channels in EXPERT_SETS[experts]
     }
     model = build_model(spec_name, specs) if not overrides else build_model(_spec(spec_name, overrides), specs)
-    batch_size = train_batch if task == "train" else int(task.split("b")[-1])
+    kind, bf16 = task.removesuffix("_bf16"), task.endswith("_bf16")  # caption_b1_bf16: weights and activations in bf16
+    batch_size = train_batch if kind == "train" else int(kind.split("b")[-1])
     batch = _batch(model, batch_size)
+    if bf16:
+        from prismer_core.inference.predictor import PRECISIONS, _cast_floats
+
+        model, batch = model.to(PRECISIONS["bf16"]), _cast_floats(batch, PRECISIONS["bf16"])
     vocab = model.spec.decoder.vocab_size
-    if task == "train":
+    if kind == "train":
         model.train()
         ids = torch.randint(5, vocab, (batch_size, CAPTION_TOKENS))
 
@@ -179,7 +184,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,base")
     parser.add_argument("--experts", default="none,dense3,six")
     parser.add_argument("--tasks", default="train,caption_b1,caption_b8",
-                        help="train, caption_bN (cached beam search, batch N), recompute_bN (the same without any cache)")
+                        help="train, caption_bN (cached beam search, batch N), recompute_bN (the same without any cache); a _bf16 suffix runs a caption task in bfloat16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (the issue's setting is 2; with 1, CPU seconds per call hardly depend on other jobs)")

@@ -95,6 +95,22 @@ def test_ranking_returns_the_most_likely_candidate_by_direct_computation(trained
         assert list(ranking.scores) == sorted(ranking.scores, reverse=True)
 
 
+def test_bfloat16_inference_scores_close_to_fp32_and_still_writes_sentences(trained, predictor):
+    half = Predictor.from_checkpoint(trained.run, precision="bf16")
+    assert half.dtype == torch.bfloat16
+    rows = [r for r in trained.test_rows() if "question" in r][:3]
+    images = [trained.demo / r["image"] for r in rows]
+    questions = [r["question"] for r in rows]
+    for full, low in zip(predictor.rank(images, questions, ANSWERS), half.rank(images, questions, ANSWERS)):
+        full_scores, low_scores = dict(zip(full.candidates, full.scores)), dict(zip(low.candidates, low.scores))
+        # bf16 keeps 8 bits of mantissa: summed log-likelihoods agree to a few hundredths per token
+        assert [low_scores[a] for a in ANSWERS] == pytest.approx([full_scores[a] for a in ANSWERS], abs=0.5)
+    captions = half.caption(images)
+    assert len(captions) == 3 and all(c.strip() for c in captions)
+    with pytest.raises(PrismerError, match="precision 'fp16'"):
+        Predictor.from_checkpoint(trained.run, precision="fp16")
+
+
 def test_prefilter_covering_all_candidates_equals_full_ranking(trained, predictor):
     rows = [r for r in trained.test_rows() if "question" in r][:3]
     images, questions = [trained.demo / r["image"] for r in rows], [r["question"] for r in rows]
@@ -141,6 +157,8 @@ def test_cli_caption_and_vqa(cli, trained, tmp_path):
     assert [line["image"] for line in lines] == [str(i) for i in images]
     for line in lines:
         assert f"{line['image']}: {line['caption']}" in result.stdout and line["caption"]
+    half = cli("caption", "--checkpoint", trained.run, images[0], "--precision", "bf16")
+    assert half.stdout.startswith(f"{images[0]}: ") and half.stdout.split(": ", 1)[1].strip()
     failed = cli("caption", "--checkpoint", trained.run, images[0], tmp_path / "missing.png", "--out", tmp_path / "no.jsonl", check=False)
     assert failed.exit_code == 1 and f"Error: image not found: {tmp_path / 'missing.png'}" in failed.output
     assert not (tmp_path / "no.jsonl").exists()

@@ -27,6 +27,9 @@ from ..data.text import task_prompt
 from ..errors import PrismerError
 from .inputs import BatchBuilder, ImageInput, ImageLike, as_inputs
 
+#: Inference precisions, by the name users pass.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 Progress = Callable[[int], None]
 DEFAULT_TEMPLATE = "A photo of a {}."
 
@@ -66,19 +69,25 @@ class Predictor:
         image_root: str | Path | None = None,
         device: str = "cpu",
         expert_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        precision: str = "fp32",
     ) -> "Predictor":
         """Load a checkpoint folder (or a run folder: its latest checkpoint).
 
         ``labels``: a label store to read expert maps from instead of running the experts;
         image paths are then looked up by their path relative to ``image_root`` (the folder
         that was labelled), or by file name. ``expert_settings``: settings of experts run on
-        the fly, e.g. ``{"edge": {"low": 50}}``.
+        the fly, e.g. ``{"edge": {"low": 50}}``. ``precision``: ``fp32``, or ``bf16`` for
+        weights and activations in bfloat16: on CPUs with bf16 instructions decoding then moves
+        half the bytes and takes faster kernels (about 3x faster base captions, see
+        docs/benchmarks.md); scores differ from fp32 in the second or third digit.
         """
+        if precision not in PRECISIONS:
+            raise PrismerError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         from ..experts.runner import ExpertRunner
 
         info = read_checkpoint_info(resolve_checkpoint(checkpoint))
         specs = _require_checkpoint_experts(info, live=labels is None, settings=expert_settings)
-        model = load_checkpoint(info.directory, experts=specs, device=device)
+        model = load_checkpoint(info.directory, experts=specs, device=device).to(PRECISIONS[precision])
         if not specs:
             source = None
         elif labels is None:
@@ -94,6 +103,10 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @property
     def experts(self) -> list[str]:
@@ -194,7 +207,7 @@ class Predictor:
             raise PrismerError("batch size must be at least 1")
         for start in range(0, len(inputs), batch_size):
             chunk = range(start, min(start + batch_size, len(inputs)))
-            yield chunk, self.builder([inputs[i] for i in chunk], self.device)
+            yield chunk, _cast_floats(self.builder([inputs[i] for i in chunk], self.device), self.dtype)
             if progress is not None:
                 progress(len(chunk))
 
@@ -318,3 +331,12 @@ def _select(batch: dict, row: int) -> dict:
         "experts": {n: t[pick] for n, t in batch["experts"].items()},
         "instances": {n: t[pick] for n, t in batch["instances"].items()},
     }
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """The batch with its floating tensors (image, dense maps, label embeddings) in ``dtype``."""
+    if torch.is_tensor(value):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, Mapping):
+        return {key: _cast_floats(item, dtype) for key, item in value.items()}
+    return value
