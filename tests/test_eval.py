@@ -82,7 +82,7 @@ def test_vqa_by_ranking_a_candidate_list(cli, trained, tmp_path):
     cli("eval", "--checkpoint", trained.run, "--data", trained.test, "--task", "vqa", "--answers", candidates,
         "--prefilter-k", "5", "--limit", "6", "--report", report_path)
     report = json.loads(report_path.read_text())
-    assert report["settings"] == {"batch_size": 8, "mode": "ranking", "candidates": len(answers), "prefilter_k": 5}
+    assert report["settings"] == {"batch_size": 8, "precision": "float32", "mode": "ranking", "candidates": len(answers), "prefilter_k": 5}
     assert len(report["predictions"]) == 6 and all(p["prediction"] in answers for p in report["predictions"])
     assert report["metrics"]["VQA accuracy"] == mean_vqa_accuracy(
         [p["prediction"] for p in report["predictions"]], [p["answers"] for p in report["predictions"]])

@@ -84,7 +84,7 @@ def evaluate(
         raise PrismerError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     if limit is not None and limit < 1:
         raise PrismerError("--limit must be at least 1")
-    settings: dict[str, Any] = {"batch_size": batch_size}
+    settings: dict[str, Any] = {"batch_size": batch_size, "precision": str(predictor.dtype).removeprefix("torch.")}
     run = _Run(predictor, settings, batch_size, {"console": console, "enabled": show_progress})
     if task == "caption":
         predictions = _captions(run, data, limit, num_beams, max_new_tokens or 20)

@@ -78,7 +78,7 @@ class Predictor:
         that was labelled), or by file name. ``expert_settings``: settings of experts run on
         the fly, e.g. ``{"edge": {"low": 50}}``. ``precision``: ``fp32``, or ``bf16`` for
         weights and activations in bfloat16: on CPUs with bf16 instructions decoding then moves
-        half the bytes and takes faster kernels (about 3x faster base captions, see
+        half the bytes and takes faster kernels (base captions 2.5x faster at 2 threads, see
         docs/benchmarks.md); scores differ from fp32 in the second or third digit.
         """
         if precision not in PRECISIONS:
