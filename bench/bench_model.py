@@ -63,11 +63,8 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
     model = build_model(spec_name, specs) if not overrides else build_model(_spec(spec_name, overrides), specs)
     kind, bf16 = task.removesuffix("_bf16"), task.endswith("_bf16")  # caption_b1_bf16: weights and activations in bf16
     batch_size = train_batch if kind == "train" else int(kind.split("b")[-1])
-    batch = _batch(model, batch_size)
-    if bf16:
-        from prismer_core.inference.predictor import PRECISIONS, _cast_floats
-
-        model, batch = model.to(PRECISIONS["bf16"]), _cast_floats(batch, PRECISIONS["bf16"])
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model, batch = model.to(dtype), _batch(model, batch_size, dtype)
     vocab = model.spec.decoder.vocab_size
     if kind == "train":
         model.train()
@@ -148,14 +145,14 @@ def _spec(name: str, overrides: dict):
     return load_spec(name, overrides)
 
 
-def _batch(model, batch_size: int) -> dict:
+def _batch(model, batch_size: int, dtype: "torch.dtype | None" = None) -> dict:
     import torch
 
     size = model.image_size
-    batch = {"rgb": torch.randn(batch_size, 3, size, size), "experts": {}, "instances": {}}
+    batch = {"rgb": torch.randn(batch_size, 3, size, size, dtype=dtype), "experts": {}, "instances": {}}
     for name, expert in model.expert_specs.items():
         channels = model.spec.semantic_channels if expert.is_semantic else expert.channels
-        batch["experts"][name] = torch.rand(batch_size, channels, size, size) * 2 - 1
+        batch["experts"][name] = torch.rand(batch_size, channels, size, size, dtype=dtype) * 2 - 1
         if expert.has_instances:  # 12 boxes per image
             ids = torch.zeros(batch_size, size, size, dtype=torch.long)
             for k in range(12):

@@ -18,7 +18,7 @@ PRECISION = typer.Option("fp32", "--precision", help="fp32, or bf16 (faster on C
 BEAMS = typer.Option(3, "--beams", min=1, help="Beam width (1: greedy).")
 
 
-def _predictor(checkpoint: Path, labels: Path | None, image_root: Path | None, device: str, assignments: list[str], precision: str = "fp32"):
+def _predictor(checkpoint: Path, labels: Path | None, image_root: Path | None, device: str, assignments: list[str], precision: str):
     from prismer_core.checkpoint import read_checkpoint_info
     from prismer_core.experts.settings import parse_assignments
     from prismer_core.inference import Predictor, resolve_checkpoint

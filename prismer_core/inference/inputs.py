@@ -109,13 +109,16 @@ class BatchBuilder:
         self.labels = labels
         self.label_encoder = label_encoder
 
-    def __call__(self, inputs: Sequence[ImageInput], device: torch.device | str = "cpu") -> dict[str, Any]:
+    def __call__(
+        self, inputs: Sequence[ImageInput], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> dict[str, Any]:
+        """The batch on ``device``, its image and maps in ``dtype`` (the model's precision)."""
         arrays = [item.read() for item in inputs]
         maps = self._maps(inputs, arrays)
         rows = [self._one(array, outputs) for array, outputs in zip(arrays, maps)]
         return {
-            "rgb": torch.stack([r["rgb"] for r in rows]).to(device),
-            "experts": {n: torch.stack([r["experts"][n] for r in rows]).to(device) for n in self.experts},
+            "rgb": torch.stack([r["rgb"] for r in rows]).to(device, dtype),
+            "experts": {n: torch.stack([r["experts"][n] for r in rows]).to(device, dtype) for n in self.experts},
             "instances": {n: torch.stack([r["instances"][n] for r in rows]).to(device) for n in rows[0]["instances"]},
         }
 

@@ -207,7 +207,7 @@ class Predictor:
             raise PrismerError("batch size must be at least 1")
         for start in range(0, len(inputs), batch_size):
             chunk = range(start, min(start + batch_size, len(inputs)))
-            yield chunk, _cast_floats(self.builder([inputs[i] for i in chunk], self.device), self.dtype)
+            yield chunk, self.builder([inputs[i] for i in chunk], self.device, self.dtype)
             if progress is not None:
                 progress(len(chunk))
 
@@ -332,11 +332,3 @@ def _select(batch: dict, row: int) -> dict:
         "instances": {n: t[pick] for n, t in batch["instances"].items()},
     }
 
-
-def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
-    """The batch with its floating tensors (image, dense maps, label embeddings) in ``dtype``."""
-    if torch.is_tensor(value):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-    if isinstance(value, Mapping):
-        return {key: _cast_floats(item, dtype) for key, item in value.items()}
-    return value

@@ -51,8 +51,8 @@ class DemoSettings:
     def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...]) -> TrainConfig:
         return TrainConfig(
             data=[str(data / "train.jsonl")], val_data=[str(data / "val.jsonl")], out=str(out),
-            spec="tiny",
-            spec_overrides={"image_size": self.image_size, "resampler.latents": self.latents, "frozen": list(self.frozen)}, experts=list(experts),
+            spec="tiny", experts=list(experts),
+            spec_overrides={"image_size": self.image_size, "resampler.latents": self.latents, "frozen": list(self.frozen)},
             tasks=["caption", "vqa"], labels=str(labels) if experts else None,
             max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
             crop_scale=0.9, hflip=0.0,  # positions are named in the text: no flips

@@ -6,10 +6,10 @@ samples form one group, so tasks mix in every batch in proportion to the data. W
 group per task (``prismer train --group-by-task``) a batch holds one task only: short VQA
 texts are not padded to the length of captions, which makes a VQA step cheaper, but a task
 with few samples then gets few steps (on the demo, captions trained badly that way).
-Step ``s`` takes the ``s``-th global batch
-and rank ``r`` of ``world_size`` its ``r``-th slice, so ranks never share a sample and a
-resumed run (or one with more loader workers) sees exactly the batches an uninterrupted run
-would. Each sample also gets its own seed, which drives its crop, flip and answer choice.
+Step ``s`` takes the ``s``-th global batch and rank ``r`` of ``world_size`` its ``r``-th
+slice, so ranks never share a sample and a resumed run (or one with more loader workers)
+sees exactly the batches an uninterrupted run would. Each sample also gets its own seed,
+which drives its crop, flip and answer choice.
 """
 
 from __future__ import annotations
