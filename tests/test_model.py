@@ -38,9 +38,16 @@ def test_shapes_for_0_1_3_and_6_experts_and_constant_token_count(count):
     assert tokens.shape == (2, expected, 192) == (2, model.num_vision_tokens, 192)
     assert (model.encoder.resampler is None) == (count == 0)
     input_ids = torch.randint(5, 1000, (2, 9))
-    out = model(batch, input_ids, torch.ones_like(input_ids), labels=input_ids)
-    assert out.logits.shape == (2, 9, model.spec.decoder.vocab_size)
-    assert torch.isfinite(out.loss) and 8.0 < out.loss.item() < 12.0  # about ln(30522) at init
+    model.eval()  # no dropout: the two calls below must see the same network
+    logits = model(batch, input_ids, torch.ones_like(input_ids)).logits
+    assert logits.shape == (2, 9, model.spec.decoder.vocab_size)
+    labels = input_ids.clone()
+    labels[:, :5] = -100  # a prompt: only the last 4 tokens are predicted
+    out = model(batch, input_ids, torch.ones_like(input_ids), labels=labels)
+    assert out.logits.shape == (2 * 4, model.spec.decoder.vocab_size)  # positions 4..7 predict tokens 5..8
+    expected = F.cross_entropy(logits[:, 4:8].flatten(0, 1), input_ids[:, 5:9].flatten())
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert 8.0 < out.loss.item() < 12.0  # about ln(30522) at init
 
 
 def test_stems_on_another_grid_than_the_patches_get_resized_positions():
@@ -61,6 +68,7 @@ def test_prismerz_encoder_is_the_pretrained_vit_at_initialisation():
         ours = VisionEncoder(spec, {}, tower).eval()(rgb, {}, {})
     assert torch.allclose(ours[:, 1:], reference_tokens, atol=1e-5)
     assert torch.allclose(ours[:, 0] @ tower.proj, pooled, atol=1e-5)
+
 
 
 def test_adaptors_start_as_identity_and_are_in_the_path(six_expert_model):

@@ -53,7 +53,7 @@ def part_of(parameter_name: str) -> str:
 @dataclass
 class PrismerOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor  # [B, T, V]; with labels, [N, V] for the N predicted positions only
 
 
 @dataclass(frozen=True)
@@ -146,17 +146,19 @@ class Prismer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> PrismerOutput:
-        """Next-token logits [B, T, V]; with ``labels`` (aligned with ``input_ids``, -100 where
-        ignored; shifted here) also the mean cross-entropy over the predicted tokens."""
+        """Next-token logits [B, T, V]. With ``labels`` (aligned with ``input_ids``, -100 where
+        ignored; shifted here): the mean cross-entropy over the predicted tokens, and the logits
+        of just those positions, [N, V] in row-major order of the positions."""
         vision = self.encode_images(batch)
         hidden, _ = self.decoder(input_ids, self.decoder.start(vision), attention_mask)
-        logits = self.decoder.logits(hidden)
-        loss = None
-        if labels is not None:
-            # Shift the labels, not the logits: slicing [B, T, V] logits would copy them all.
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return PrismerOutput(loss=loss, logits=logits)
+        if labels is None:
+            return PrismerOutput(loss=None, logits=self.decoder.logits(hidden))
+        # Only positions that predict a labelled token get logits: with a long prompt and a short
+        # answer (VQA) the full [B, T, V] product was most of a tiny model's training step.
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        predicted = targets != -100
+        logits = self.decoder.logits(hidden[predicted])
+        return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits)
 
     @torch.inference_mode()
     def generate(
