@@ -66,6 +66,10 @@ class ResamplerSpec(_Strict):
     latents: int = Field(64, ge=1)
     layers: int = Field(4, ge=1)
     heads: int = Field(8, ge=1)
+    #: In the vision encoder the latents always attend to the RGB tokens; ``true`` (the paper's
+    #: design) lets the RGB tokens attend to the latents too. ``false`` keeps the RGB tokens
+    #: exactly what the backbone makes of the image, so experts add tokens without disturbing it.
+    rgb_attends_latents: bool = True
 
 
 class DecoderSpec(_Strict):

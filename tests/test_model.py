@@ -71,6 +71,26 @@ def test_prismerz_encoder_is_the_pretrained_vit_at_initialisation():
 
 
 
+@pytest.mark.parametrize("rgb_attends_latents", [True, False])
+def test_rgb_tokens_see_the_latents_only_when_the_spec_says_so(rgb_attends_latents):
+    """Same seed, with and without experts: every shared weight starts the same (the expert
+    parts draw from their own random stream); with the one-way mask the RGB tokens then come out
+    exactly as PrismerZ's, and with the paper's full attention the latents change them."""
+    spec = small_spec(**{"resampler.rgb_attends_latents": rgb_attends_latents})
+    torch.manual_seed(0)
+    prismerz = build_model(spec, {}).eval()
+    torch.manual_seed(0)
+    with_experts = build_model(spec, experts("edge", "ocr")).eval()
+    shared = prismerz.state_dict()
+    assert all(torch.equal(value, with_experts.state_dict()[name]) for name, value in shared.items())
+    batch = make_batch(with_experts)
+    with torch.no_grad():
+        rgb_only = prismerz.encode_images({"rgb": batch["rgb"], "experts": {}, "instances": {}})
+        tokens = with_experts.encode_images(batch)
+    same = torch.allclose(tokens[:, : rgb_only.shape[1]], rgb_only, atol=1e-5)
+    assert same is not rgb_attends_latents
+    assert tokens.shape[1] == rgb_only.shape[1] + 64
+
 def test_adaptors_start_as_identity_and_are_in_the_path(six_expert_model):
     model = six_expert_model
     batch = make_batch(model)

@@ -4,7 +4,9 @@ RGB enters through the backbone's own pre-trained patch embedding (with its clas
 that at initialisation the encoder reproduces the pre-trained ViT exactly). Each expert map
 goes through its own stem; all expert tokens get the shared positional embedding (resized to
 the stem grid when it differs) and are summarised by the Experts Resampler. The transformer
-then runs on ``[class ; RGB tokens ; latents]``, with an adaptor after every attention.
+then runs on ``[class ; RGB tokens ; latents]``, with an adaptor after every attention; with
+``resampler.rgb_attends_latents: false`` the RGB tokens do not attend to the latents (the
+latents still read them), so the RGB tokens come out exactly as the backbone alone makes them.
 """
 
 from __future__ import annotations
@@ -92,12 +94,31 @@ def _check_supported(visual: nn.Module, name: str) -> None:
         raise PrismerError(f"open_clip model {name!r} is not supported: {problem}")
 
 
-def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """open_clip's attention with its own weights, on SDPA directly: nn.MultiheadAttention's
     general path (layout transposes) made a frozen ViT's forward+backward about 25% slower."""
     q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _one_way_mask(rgb_tokens: int, latents: int, device: torch.device) -> torch.Tensor:
+    """Attention mask (True: may attend) in which the latents read every token but the class
+    and RGB tokens read only each other, so they stay exactly what the backbone makes of RGB."""
+    mask = torch.ones(rgb_tokens + latents, rgb_tokens + latents, dtype=torch.bool, device=device)
+    mask[:rgb_tokens, rgb_tokens:] = False
+    return mask
+
+
+@contextmanager
+def _own_random_stream() -> Iterator[None]:
+    """Initialise what is built inside from a generator of its own (seeded by one draw from the
+    global one), so that adding or removing experts leaves every other weight's initialisation,
+    and so a run with experts and its PrismerZ twin of the same seed, start from the same weights."""
+    seed = int(torch.randint(2**31 - 1, (1,), device="cpu").item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class VisionEncoder(nn.Module):
@@ -115,7 +136,13 @@ class VisionEncoder(nn.Module):
         self.ln_post = tower.ln_post
         hidden = max(1, round(self.width * spec.adaptor_ratio))
         self.adaptors = nn.ModuleList(Adaptor(self.width, hidden) for _ in self.blocks)
-        self.stems = nn.ModuleDict(
+        with _own_random_stream():
+            self.stems, self.resampler = self._expert_parts(spec, experts)
+        self.stem_grid = stem_grid(spec.image_size)
+        self.rgb_attends_latents = spec.resampler.rgb_attends_latents
+
+    def _expert_parts(self, spec: ModelSpec, experts: Mapping[str, ExpertSpec]) -> tuple[nn.ModuleDict, ExpertsResampler | None]:
+        stems = nn.ModuleDict(
             {
                 name: ExpertStem(
                     spec.semantic_channels if expert.is_semantic else expert.channels,
@@ -126,12 +153,12 @@ class VisionEncoder(nn.Module):
                 for name, expert in sorted(experts.items())
             }
         )
-        self.stem_grid = stem_grid(spec.image_size)
-        self.resampler = (
+        resampler = (
             ExpertsResampler(self.width, spec.resampler.latents, spec.resampler.layers, spec.resampler.heads)
             if experts
             else None
         )
+        return stems, resampler
 
     @property
     def num_tokens(self) -> int:
@@ -149,13 +176,17 @@ class VisionEncoder(nn.Module):
         x = self.patch_embed(rgb).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
         x = x + self.positional_embedding
+        mask = None
         if self.resampler is not None:
             position = self._stem_positions()
             tokens = [stem(expert_maps[name], instances.get(name)) + position for name, stem in self.stems.items()]
-            x = torch.cat([x, self.resampler(torch.cat(tokens, dim=1))], dim=1)
+            latents = self.resampler(torch.cat(tokens, dim=1))
+            if not self.rgb_attends_latents:
+                mask = _one_way_mask(x.shape[1], latents.shape[1], x.device)
+            x = torch.cat([x, latents], dim=1)
         x = self.ln_pre(x)
         for block, adaptor in zip(self.blocks, self.adaptors):
-            x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x)))
+            x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
             x = adaptor(x)
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return self.ln_post(x)
