@@ -113,8 +113,8 @@ def _one_way_mask(rgb_tokens: int, latents: int, device: torch.device) -> torch.
 @contextmanager
 def _own_random_stream() -> Iterator[None]:
     """Initialise what is built inside from a generator of its own (seeded by one draw from the
-    global one), so that adding or removing experts leaves every other weight's initialisation,
-    and so a run with experts and its PrismerZ twin of the same seed, start from the same weights."""
+    global one), so that adding or removing experts leaves every other weight's initialisation
+    unchanged: a run with experts and its PrismerZ twin of the same seed share their start."""
     seed = int(torch.randint(2**31 - 1, (1,), device="cpu").item())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
