@@ -2,8 +2,8 @@
 
 Perceiver-style: in every block the latents attend to ``[latents ; expert tokens]``, then go
 through an MLP with squared ReLU; both branches start at zero, so the latents start as the
-learned queries and training opens the branches. However many experts a run uses, the vision encoder
-receives the same number of tokens from here.
+learned queries and training opens the branches. However many experts a run uses, the vision
+encoder receives the same number of tokens from here.
 """
 
 from __future__ import annotations
