@@ -331,4 +331,3 @@ def _select(batch: dict, row: int) -> dict:
         "experts": {n: t[pick] for n, t in batch["experts"].items()},
         "instances": {n: t[pick] for n, t in batch["instances"].items()},
     }
-
