@@ -37,7 +37,7 @@ def table_row(output: str, name: str) -> list[float]:
 
 def printed_metrics(output: str) -> dict[str, float]:
     """``{metric: value}`` from the metric/value table `prismer eval` prints."""
-    found = re.findall(r"│ ([A-Za-z0-9 -]+?) +│ +(-?\d+\.\d{4}) │", output)
+    found = re.findall(r"│ ([A-Za-z0-9 ()-]+?) +│ +(-?\d+\.\d{4}) │", output)
     return {metric: float(value) for metric, value in found}
 
 
@@ -49,9 +49,18 @@ def test_vqa_report_and_table_agree_with_the_metric_recomputed(cli, trained, tmp
     assert report["task"] == "vqa" and report["settings"]["mode"] == "open-ended"
     assert report["count"] == len(rows) == len(report["predictions"])
     assert [(p["question"], p["answers"]) for p in report["predictions"]] == [(r["question"], [r["answer"]]) for r in rows]
-    accuracy = mean_vqa_accuracy([p["prediction"] for p in report["predictions"]], [p["answers"] for p in report["predictions"]])
-    assert report["metrics"] == {"VQA accuracy": accuracy}
-    assert printed_metrics(result.stdout) == {"VQA accuracy": round(accuracy, 4)}
+    assert [p["type"] for p in report["predictions"]] == [r["type"] for r in rows]
+
+    def accuracy(predictions):
+        return mean_vqa_accuracy([p["prediction"] for p in predictions], [p["answers"] for p in predictions])
+
+    expected = {"VQA accuracy": accuracy(report["predictions"])}
+    kinds = sorted({r["type"] for r in rows})
+    assert len(kinds) >= 3  # the demo asks of counts, colours, shapes, positions and words
+    for kind in kinds:
+        expected[f"VQA accuracy ({kind})"] = accuracy([p for p in report["predictions"] if p["type"] == kind])
+    assert report["metrics"] == expected
+    assert printed_metrics(result.stdout) == {metric: round(value, 4) for metric, value in expected.items()}
     assert f"report: {report_path}" in result.stdout
 
 
@@ -125,6 +134,9 @@ def test_the_demo_table_is_reproduced_by_the_printed_commands(cli, trained, tmp_
     table = evaluate_demo({"edge": trained.run}, trained.test, tmp_path / "eval", console=console, show_progress=False)
     printed = console.export_text()
     assert table_row(printed, "edge") == [round(table["edge"][k], 4) for k in ("VQA accuracy", "CIDEr", "BLEU-4")]
+    kinds = sorted({r["type"] for r in trained.test_rows() if "type" in r})
+    by_type = printed.split("VQA accuracy by question type:")[1]
+    assert table_row(by_type, "edge") == [round(table["edge"][f"VQA accuracy ({kind})"], 4) for kind in kinds]
     commands = [line.strip() for line in printed.splitlines() if line.strip().startswith("prismer eval")]
     assert len(commands) == 2
     for command in commands:

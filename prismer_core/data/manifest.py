@@ -10,8 +10,8 @@ Formats:
 
 * JSONL, one object per line: ``{"image": "img/1.png", "caption": "..."}`` or
   ``{"image": ..., "question": "...", "answer": "red"}`` (``answer``/``answers``: a string or a
-  list of reference answers). One file may mix both kinds of rows. Paths are relative to the
-  manifest.
+  list of reference answers; an optional ``type``, such as "colour", scores each kind of question
+  apart). One file may mix both kinds of rows. Paths are relative to the manifest.
 * COCO captions JSON (``{"images": [{"id", "file_name"}], "annotations": [{"image_id",
   "caption"}]}``): one caption sample per annotation; file names are relative to
   ``image_root`` (default: the JSON's folder).
@@ -68,6 +68,8 @@ class Sample:
     caption: str = ""
     question: str = ""
     answers: tuple[str, ...] = ()
+    #: optional kind of question (the row's ``type`` or ``question_type``), for per-kind scores
+    question_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,9 @@ def _samples_from_row(
         elif isinstance(answers, str):
             problems.append(answers)
         else:
-            samples.append(Sample(key, where, "vqa", image, question=question.strip(), answers=answers))
+            kind = row.get("type", row.get("question_type", ""))
+            samples.append(Sample(key, where, "vqa", image, question=question.strip(), answers=answers,
+                                  question_type=kind.strip() if isinstance(kind, str) else ""))
     if problems:
         return BadRow(where, "; ".join(problems))
     if samples or any(row_key in row for row_key in TASK_KEYS.values()):

@@ -8,7 +8,9 @@
 
 Every number of the table it prints comes from a report written by the same
 :func:`~prismer_core.inference.evaluation.evaluate` that ``prismer eval`` runs, and the
-commands that reproduce each report are printed beneath it.
+commands that reproduce each report are printed beneath it. When the questions have a
+``type`` (the demo's do: count, colour, shape, position, word), a second table gives the VQA
+accuracy per type, which shows where the experts help and where they do not.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .evaluation import HEADLINE, evaluate, metrics_table
+from .evaluation import HEADLINE, evaluate, metrics_table, type_metric
 from .predictor import Predictor
 
 DEMO_TASKS = ("vqa", "caption")
@@ -39,12 +41,14 @@ def evaluate_demo(
     ``test_data`` with the CLI's defaults: open-ended VQA, 3-beam captions.
 
     Writes ``OUT/<run>-<task>.json`` per run and task, prints the table (VQA accuracy, CIDEr,
-    BLEU-4) and the `prismer eval` commands that give the same numbers; returns the table.
+    BLEU-4), the VQA accuracy per question type when the rows have types, and the `prismer
+    eval` commands that give the same numbers; returns the table (with the per-type values).
     ``labels``: a label store holding the test images' expert maps (default: run the experts).
     """
     console = console or Console()
     out = Path(out)
     table: dict[str, dict[str, float]] = {}
+    kinds: list[str] = []
     commands = []
     for name, run in runs.items():
         predictor = Predictor.from_checkpoint(run, labels=labels)
@@ -54,6 +58,10 @@ def evaluate_demo(
             report = evaluate(predictor, test_data, task, console=console, show_progress=show_progress)
             report.write(report_path)
             row.update({metric: report.metrics[metric] for metric in HEADLINE[task]})
+            if task == "vqa":
+                found = {p["type"] for p in report.predictions if "type" in p}
+                kinds = sorted(found.union(kinds))
+                row.update({type_metric(kind): report.metrics[type_metric(kind)] for kind in found})
             flags = ["--labels", str(labels)] if labels else []
             commands.append(shlex.join(["prismer", "eval", "--checkpoint", str(run), "--data", str(test_data),
                                         "--task", task, *flags, "--report", str(report_path)]))
@@ -61,6 +69,10 @@ def evaluate_demo(
     columns = [metric for task in DEMO_TASKS for metric in HEADLINE[task]]
     console.print(f"evaluation on {test_data} (open-ended VQA, captions by 3-beam search):")
     console.print(metrics_table(table, columns))
+    if kinds:
+        console.print("VQA accuracy by question type:")
+        by_type = {name: {kind: row[type_metric(kind)] for kind in kinds if type_metric(kind) in row} for name, row in table.items()}
+        console.print(metrics_table(by_type, kinds))
     console.print(f"reports in {out}; each row again from the command line:")
     for command in commands:
         console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)

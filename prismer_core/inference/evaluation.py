@@ -5,7 +5,8 @@ Tasks and their metrics (from :mod:`prismer_core.metrics`):
 * ``caption``: CIDEr and BLEU-1..4 (pycocoevalcap's scorers); an image's references are all
   caption rows of that image.
 * ``vqa``: VQA accuracy (answer normalisation; min(#matches/3, 1) with several reference
-  answers). Open-ended generation, or ranking over a candidate list (``answers``).
+  answers), and per kind of question when rows have a ``type``. Open-ended generation, or
+  ranking over a candidate list (``answers``).
 * ``classify``: top-1 accuracy, ranking "A photo of a {class}." sentences; rows are
   ``{"image": ..., "label": "cat"}``, the classes the distinct labels (or a ``classes`` list).
 
@@ -131,7 +132,8 @@ def _answers(
                                           batch_size=run.batch_size, progress=advance)
             said = [r.answer for r in rankings]
     return [
-        {"image": s.key, "question": s.question, "prediction": a, "answers": list(s.answers), "accuracy": vqa_accuracy(a, s.answers)}
+        {"image": s.key, "question": s.question, "prediction": a, "answers": list(s.answers),
+         "accuracy": vqa_accuracy(a, s.answers), **({"type": s.question_type} if s.question_type else {})}
         for s, a in zip(samples, said)
     ]
 
@@ -155,8 +157,17 @@ def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str,
         return caption_scores({p["image"]: p["prediction"] for p in predictions},
                               {p["image"]: p["references"] for p in predictions})
     if task == "vqa":
-        return {"VQA accuracy": mean_vqa_accuracy([p["prediction"] for p in predictions], [p["answers"] for p in predictions])}
+        kinds = sorted({p["type"] for p in predictions if "type" in p})
+        groups = {"VQA accuracy": list(predictions)}
+        groups.update({type_metric(kind): [p for p in predictions if p.get("type") == kind] for kind in kinds})
+        return {name: mean_vqa_accuracy([p["prediction"] for p in group], [p["answers"] for p in group])
+                for name, group in groups.items()}
     return {"top-1 accuracy": top1_accuracy([p["prediction"] for p in predictions], [p["label"] for p in predictions])}
+
+
+def type_metric(kind: str) -> str:
+    """The name of the VQA accuracy over the questions of one ``type``."""
+    return f"VQA accuracy ({kind})"
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> Table:
