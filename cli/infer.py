@@ -112,7 +112,7 @@ def evaluate(
 ) -> None:
     """Score a checkpoint on a test manifest; write every prediction and the metrics to a JSON report.
 
-    Captions: CIDEr and BLEU-1..4 (pycocoevalcap, no Java). VQA: accuracy with the standard answer normalisation and min(#matches/3, 1) over several reference answers. Classify: top-1 accuracy by ranking the template sentence of each class.
+    Captions: CIDEr and BLEU-1..4 (pycocoevalcap, no Java). VQA: accuracy with the standard answer normalisation and min(#matches/3, 1) over several reference answers. Rows with a "type" (e.g. colour, count) are also scored per type. Classify: top-1 accuracy by ranking the template sentence of each class.
     """
     from prismer_core.inference import evaluate as run_evaluation
     from prismer_core.inference import read_candidates, report_table
