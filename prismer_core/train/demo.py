@@ -29,7 +29,7 @@ RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("experts", ("edge", "ocr")), (
 
 @dataclass
 class DemoSettings:
-    """Sizes chosen so the whole demo stays under 15 minutes on 2 CPU cores (12 min 8 s measured,
+    """Sizes chosen so the whole demo stays under 15 minutes on 2 CPU cores (11 min 53 s measured,
     docs/benchmarks.md, "`make demo`"); raise them on a bigger machine."""
 
     n: int = 640
