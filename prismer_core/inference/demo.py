@@ -71,7 +71,8 @@ def evaluate_demo(
     console.print(metrics_table(table, columns))
     if kinds:
         console.print("VQA accuracy by question type:")
-        by_type = {name: {kind: row[type_metric(kind)] for kind in kinds if type_metric(kind) in row} for name, row in table.items()}
+        by_type = {name: {kind: row[type_metric(kind)] for kind in kinds if type_metric(kind) in row}
+                   for name, row in table.items()}
         console.print(metrics_table(by_type, kinds))
     console.print(f"reports in {out}; each row again from the command line:")
     for command in commands:
