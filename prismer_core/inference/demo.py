@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .evaluation import HEADLINE, evaluate, metrics_table, type_metric
+from .evaluation import HEADLINE, accuracy_by_type, evaluate, metrics_table
 from .predictor import Predictor
 
 DEMO_TASKS = ("vqa", "caption")
@@ -48,7 +48,7 @@ def evaluate_demo(
     console = console or Console()
     out = Path(out)
     table: dict[str, dict[str, float]] = {}
-    kinds: list[str] = []
+    by_type: dict[str, dict[str, float]] = {}
     commands = []
     for name, run in runs.items():
         predictor = Predictor.from_checkpoint(run, labels=labels)
@@ -59,9 +59,8 @@ def evaluate_demo(
             report.write(report_path)
             row.update({metric: report.metrics[metric] for metric in HEADLINE[task]})
             if task == "vqa":
-                found = {p["type"] for p in report.predictions if "type" in p}
-                kinds = sorted(found.union(kinds))
-                row.update({type_metric(kind): report.metrics[type_metric(kind)] for kind in found})
+                by_type[name] = accuracy_by_type(report.metrics)
+                row.update(report.metrics)  # with the accuracy per type
             flags = ["--labels", str(labels)] if labels else []
             commands.append(shlex.join(["prismer", "eval", "--checkpoint", str(run), "--data", str(test_data),
                                         "--task", task, *flags, "--report", str(report_path)]))
@@ -69,10 +68,9 @@ def evaluate_demo(
     columns = [metric for task in DEMO_TASKS for metric in HEADLINE[task]]
     console.print(f"evaluation on {test_data} (open-ended VQA, captions by 3-beam search):")
     console.print(metrics_table(table, columns))
+    kinds = sorted({kind for accuracies in by_type.values() for kind in accuracies})
     if kinds:
         console.print("VQA accuracy by question type:")
-        by_type = {name: {kind: row[type_metric(kind)] for kind in kinds if type_metric(kind) in row}
-                   for name, row in table.items()}
         console.print(metrics_table(by_type, kinds))
     console.print(f"reports in {out}; each row again from the command line:")
     for command in commands:

@@ -165,9 +165,17 @@ def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str,
     return {"top-1 accuracy": top1_accuracy([p["prediction"] for p in predictions], [p["label"] for p in predictions])}
 
 
+_TYPE_PREFIX = "VQA accuracy ("
+
+
 def type_metric(kind: str) -> str:
     """The name of the VQA accuracy over the questions of one ``type``."""
-    return f"VQA accuracy ({kind})"
+    return f"{_TYPE_PREFIX}{kind})"
+
+
+def accuracy_by_type(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{type: VQA accuracy}`` from a VQA report's metrics (empty when rows had no type)."""
+    return {name[len(_TYPE_PREFIX):-1]: value for name, value in metrics.items() if name.startswith(_TYPE_PREFIX)}
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> Table:
