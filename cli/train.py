@@ -41,7 +41,7 @@ def train(
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Checkpoint every N steps (0: at the end, and on Ctrl-C)."),
     keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", min=1, help="How many of the newest checkpoints to keep."),
     spec_set: list[str] = typer.Option([], "--spec-set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --spec-set image_size=128 (repeatable)."),
-    assignments: list[str] = typer.Option([], "--set", metavar="NAME.KEY=VALUE", help="An expert setting for experts run on the fly (repeatable)."),
+    assignments: list[str] = typer.Option([], "--set", metavar="NAME.KEY=VALUE", help="An expert setting for experts run on the fly (repeatable). With --labels the experts do not run: a value other than the one the labels were made with is refused."),
 ) -> None:
     """Train a Prismer model on captions and/or questions, with or without experts.
 

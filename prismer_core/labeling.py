@@ -77,7 +77,11 @@ def label_images(
     runner = ExpertRunner(experts, registry=registry, device=device, settings=settings)
     store = LabelStore(out)
     plugins = {name: runner.registry.experts[name].plugin.package for name in runner.requested}
-    store.open_for({name: runner.experts[name].spec for name in runner.requested}, plugins)
+    store.open_for(
+        {name: runner.experts[name].spec for name in runner.requested},
+        plugins,
+        {name: runner.experts[name].settings for name in runner.requested},
+    )
 
     def done(source: ImageSource) -> bool:
         return all(

@@ -7,7 +7,8 @@
   or the same tensors as .safetensors; default ``$PRISMER_WEIGHTS_DIR/ControlNetHED.pth``.
   A .pth is read with ``weights_only=True``: only tensors, no code.
 
-Both backends write into the same `edge` maps; label into a new store when switching.
+Both backends write into the same `edge` maps; a label store records the settings its labels
+were made with and refuses to mix others in, so label into a new store when switching.
 """
 
 from __future__ import annotations

@@ -59,6 +59,24 @@ def test_label_writes_store_and_previews(tmp_path):
     assert "labelled 0 images" in again.stdout and "3 already done" in again.stdout
 
 
+def test_store_records_settings_and_refuses_to_mix_in_other_ones(tmp_path):
+    make_images(tmp_path / "images", 2)
+    out = tmp_path / "store"
+    run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--set", "edge.low=50")
+    assert LabelStore(out).settings("edge") == {"low": "50"}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    make_images(tmp_path / "more", 1)[0].rename(tmp_path / "more" / "new.png")
+    other = run("label", str(tmp_path / "more"), "--experts", "edge", "--out", str(out), check=False)
+    assert other.returncode == 1
+    assert "holds 'edge' labels made with low=50, but this run uses default settings" in other.stderr
+    assert "Traceback" not in other.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written
+
+    same = run("label", str(tmp_path / "more"), "--experts", "edge", "--out", str(out), "--set", "edge.low=50")
+    assert "labelled 1 images" in same.stdout
+
+
 def test_killed_run_resumes_without_redoing_finished_images(tmp_path):
     make_images(tmp_path / "images", 150, size=256)
     out = tmp_path / "store"

@@ -22,13 +22,14 @@ def test_train_builds_a_stem_for_an_installed_third_party_expert(plugin_site, tm
         "train", "--data", str(demo / "train.jsonl"), "--experts", "saliency,edge", "--task", "caption",
         "--out", str(run), "--max-steps", "2", "--checkpoint-every", "1",
         "--spec", "tiny", "--spec-set", "image_size=32", "--batch-size", "4", "--workers", "0", "--threads", "1",
-        env=env,
+        "--set", "saliency.size=32", env=env,
     )
     assert "trained to step 2" in result.stdout
 
-    # The run and its checkpoint record the plugin's expert with the version it declares.
+    # The run and its checkpoint record the plugin's expert with the version it declares
+    # (and the run, the settings it ran with).
     record = json.loads((run / "run.json").read_text())
-    assert record["experts"]["saliency"] == {"version": "1.0", "kind": "dense", "channels": 1}
+    assert record["experts"]["saliency"] == {"version": "1.0", "kind": "dense", "channels": 1, "settings": {"size": "32"}}
     checkpoint = run / "checkpoints" / "step-000002"
     recorded = {e["name"]: e for e in json.loads((checkpoint / "prismer.json").read_text())["experts"]}
     assert sorted(recorded) == ["edge", "saliency"]

@@ -183,12 +183,14 @@ def test_experts_from_a_label_store(cli, demo, tmp_path):
     few = demo / "first-four.jsonl"
     few.write_text("".join(line + "\n" for line in (demo / "train.jsonl").read_text().splitlines()
                            if json.loads(line)["image"] < "images/train/00004.png"))
-    cli("label", few, "--experts", "edge,ocr", "--out", store)
+    cli("label", few, "--experts", "edge,ocr", "--out", store, "--set", "edge.low=50")
     run = tmp_path / "run"
     cli("train", "--data", few, "--labels", store, "--experts", "edge,ocr", "--task", "caption,vqa",
         "--out", run, "--max-steps", "2", "--workers", "1", *SMALL)
     record = json.loads((run / "run.json").read_text())
     assert sorted(record["experts"]) == ["edge", "ocr"] and record["label_encoder"]
+    assert record["experts"]["edge"]["settings"] == {"low": "50"}  # as the labels were made
+    assert record["experts"]["ocr"]["settings"] == {}
     model = Prismer.from_pretrained(run / "checkpoints" / "step-000002")
     assert sorted(model.expert_specs) == ["edge", "ocr"]
     assert model.checkpoint_info.label_encoder == record["label_encoder"]
@@ -196,6 +198,13 @@ def test_experts_from_a_label_store(cli, demo, tmp_path):
     missing = cli("train", "--data", demo / "train.jsonl", "--labels", store, "--experts", "edge",
                   "--out", tmp_path / "run2", "--max-steps", "2", "--workers", "1", *SMALL, check=False)
     assert missing.exit_code == 1 and "has no 'edge' labels for image images/train/000" in missing.stderr
+
+    # stored labels ignore expert settings: one that contradicts them is refused up front
+    other = cli("train", "--data", few, "--labels", store, "--experts", "edge", "--set", "edge.low=80",
+                "--out", tmp_path / "run3", "--max-steps", "2", "--workers", "1", *SMALL, check=False)
+    assert other.exit_code == 1
+    assert "holds 'edge' labels made with low=50, but edge.low=80 was given" in other.stderr
+    assert not (tmp_path / "run3").exists()
 
 
 def test_group_by_task_steps_hold_one_task_and_ranks_never_share_samples():

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import PrismerError
 from ..experts.contract import ExpertOutput, ExpertSpec, SemanticMap
+from ..experts.settings import merged_settings, settings_record
 from .images import BadImageError
 from .label_store import LabelStore, LabelStoreError
 from .manifest import Sample, TarMember, read_sample_image
@@ -47,14 +48,29 @@ class LabelSource(Protocol):
 
     def __call__(self, sample: Sample, image: np.ndarray) -> dict[str, ExpertOutput]: ...
 
+    def settings_of(self, expert: str) -> dict[str, str] | None:
+        """The settings ``expert``'s maps are made with (None: not known)."""
+        ...
+
 
 class StoredLabels:
     """Expert maps read from a label store (checked against the experts' versions first)."""
 
-    def __init__(self, store: LabelStore | str, specs: Mapping[str, ExpertSpec]) -> None:
+    def __init__(
+        self,
+        store: LabelStore | str,
+        specs: Mapping[str, ExpertSpec],
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """``settings``: what the run was given for its experts; values that differ from
+        those the labels were made with are refused, since stored labels ignore them."""
         self.store = store if isinstance(store, LabelStore) else LabelStore(store)
         self.store.check_versions(specs)
+        self.store.check_settings(settings or {})
         self.names = list(specs)
+
+    def settings_of(self, expert: str) -> dict[str, str] | None:
+        return self.store.settings(expert)
 
     def __call__(self, sample: Sample, image: np.ndarray) -> dict[str, ExpertOutput]:
         if isinstance(sample.image, TarMember):
@@ -78,6 +94,9 @@ class LiveLabels:
     def __init__(self, names: Sequence[str], device: str = "cpu", settings: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.names, self.device, self.settings = list(names), device, settings
         self._runner = None
+
+    def settings_of(self, expert: str) -> dict[str, str] | None:
+        return settings_record(merged_settings(expert, (self.settings or {}).get(expert)))
 
     def __getstate__(self) -> dict:  # loader workers build their own runner
         return {**self.__dict__, "_runner": None}

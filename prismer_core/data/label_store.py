@@ -3,7 +3,7 @@
 Layout (format 1)::
 
     STORE/
-      store.json                 which experts (name, version, kind, channels, plugin)
+      store.json                 which experts (name, version, kind, channels, plugin, settings)
       <expert>/<image key>.npz   one file per expert and image
       previews/<expert>/<image key>.png   optional pictures (--visualize)
 
@@ -20,12 +20,14 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..atomic import write_bytes_atomic, write_json_atomic
 from ..errors import PrismerError
 from ..experts.contract import DenseMap, ExpertOutput, ExpertSpec, SemanticMap
+from ..experts.settings import describe_settings, settings_record
 
 FORMAT = 1
 MANIFEST = "store.json"
@@ -59,8 +61,14 @@ class LabelStore:
     def experts(self) -> dict[str, dict]:
         return dict(self.metadata().get("experts", {}))
 
-    def open_for(self, specs: Mapping[str, ExpertSpec], plugins: Mapping[str, str]) -> None:
-        """Record the experts about to write here; refuse if the store holds other versions."""
+    def open_for(
+        self,
+        specs: Mapping[str, ExpertSpec],
+        plugins: Mapping[str, str],
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Record the experts about to write here, with the settings they run with; refuse if
+        the store holds labels of another version or other settings (one folder, one meaning)."""
         meta = self.metadata()
         recorded = meta.setdefault("experts", {})
         for name, spec in specs.items():
@@ -70,6 +78,7 @@ class LabelStore:
                 "channels": spec.channels,
                 "has_instances": spec.has_instances,
                 "plugin": plugins.get(name, ""),
+                "settings": settings_record((settings or {}).get(name, {})),
             }
             old = recorded.get(name)
             if old is not None and old.get("version") != spec.version:
@@ -77,9 +86,33 @@ class LabelStore:
                     f"label store {self.root} holds '{name}' labels from version {old.get('version')}, "
                     f"but the installed '{name}' is version {spec.version}: label into a new --out folder"
                 )
+            if old is not None and "settings" in old and old["settings"] != entry["settings"]:
+                raise LabelStoreError(
+                    f"label store {self.root} holds '{name}' labels made with {describe_settings(old['settings'])}, "
+                    f"but this run uses {describe_settings(entry['settings'])}: label into a new --out folder"
+                )
             recorded[name] = entry
         write_json_atomic(self.root / MANIFEST, meta)
         self.remove_stale_temp_files()
+
+    def settings(self, expert: str) -> dict[str, str] | None:
+        """The settings ``expert``'s labels were made with (None: a store that did not record them)."""
+        return self.experts().get(expert, {}).get("settings")
+
+    def check_settings(self, explicit: Mapping[str, Mapping[str, Any]]) -> None:
+        """Refuse settings given for a run that reads this store when the labels were made
+        with other values: with stored labels the experts do not run, so they would be ignored."""
+        for name, values in explicit.items():
+            recorded = self.settings(name)
+            if recorded is None:
+                continue
+            for key, value in settings_record(values).items():
+                if recorded.get(key) != value:
+                    made = f"{key}={recorded[key]}" if key in recorded else f"no {key} setting"
+                    raise LabelStoreError(
+                        f"label store {self.root} holds '{name}' labels made with {made}, but {name}.{key}={value} "
+                        f"was given: drop the setting, or label again into a new folder with it"
+                    )
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files left by killed runs; young ones may belong to a live shard."""

@@ -58,6 +58,17 @@ def merged_settings(
     return {**settings_from_env(expert, environ), **dict(explicit or {})}
 
 
+def settings_record(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Settings as label stores and run records keep them: sorted keys, values as strings
+    (the command line and the environment give strings, the Python API may not)."""
+    return {str(key): str(value) for key, value in sorted(settings.items())}
+
+
+def describe_settings(record: Mapping[str, str]) -> str:
+    """``backend=rapidocr, min_score=0.8``, or ``default settings`` when there are none."""
+    return ", ".join(f"{key}={value}" for key, value in record.items()) or "default settings"
+
+
 def parse_assignments(
     values: Iterable[str], known_experts: Iterable[str] | None = None
 ) -> dict[str, dict[str, str]]:

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..data.dataset import Batch, Collator, DataProblem, LiveLabels, StoredLabels, TrainingData
+from ..data.dataset import Batch, Collator, DataProblem, LabelSource, LiveLabels, StoredLabels, TrainingData
 from ..data.manifest import BadRowError, Dataset, load_data
 from ..data.transforms import PairedTransform
 from ..errors import PrismerError
@@ -104,6 +104,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
 
     live = config.labels is None
     specs = require_experts(config.experts, live=live, settings=config.expert_settings)
+    labels = _label_source(config, specs)
     data = load_data(config.data, config.tasks, config.on_bad_row)
     val = load_data(config.val_data, config.tasks, config.on_bad_row) if config.val_data else None
     _report_rows(console, data, val)
@@ -129,11 +130,10 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
             run.truncate_metrics(start_step)
         console.print(f"resuming {run.root} from step {start_step} ({latest[1].name})")
     if ctx.is_main:
-        _write_run_record(run, config, engine, specs, encoder, ctx)
+        _write_run_record(run, config, engine, specs, labels, encoder, ctx)
         if encoder is not None:  # copied into every checkpoint
             encoder.save(run.root / LABEL_ENCODER_FILE)
 
-    labels = (StoredLabels(config.labels, specs) if config.labels else LiveLabels(config.experts, settings=config.expert_settings)) if specs else None
     model = engine.model
     train_set = TrainingData(
         data.samples, PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
@@ -348,12 +348,27 @@ def _prepare_run(run: RunDir, config: TrainConfig, resume: bool, ctx: Distribute
     return latest
 
 
-def _write_run_record(run: RunDir, config: TrainConfig, engine: Engine, specs: dict, encoder: Any, ctx: Distributed) -> None:
+def _label_source(config: TrainConfig, specs: dict) -> LabelSource | None:
+    """Where the expert maps come from; a label store is checked here, before any run folder
+    is touched (versions, and settings given that differ from those it was made with)."""
+    if not specs:
+        return None
+    if config.labels:
+        return StoredLabels(config.labels, specs, settings=config.expert_settings)
+    return LiveLabels(config.experts, settings=config.expert_settings)
+
+
+def _write_run_record(
+    run: RunDir, config: TrainConfig, engine: Engine, specs: dict, labels: LabelSource | None, encoder: Any, ctx: Distributed
+) -> None:
     model = engine.model
     run.write_config({
         "config": config.to_dict(),
         "spec": model.spec.to_dict(),
-        "experts": {name: {"version": s.version, "kind": s.kind.value, "channels": s.channels} for name, s in specs.items()},
+        "experts": {
+            name: {"version": s.version, "kind": s.kind.value, "channels": s.channels, "settings": labels.settings_of(name)}
+            for name, s in specs.items()
+        },
         "label_encoder": encoder.identity if encoder is not None else None,
         "engine": engine.name,
         "world_size": ctx.world_size,
