@@ -128,6 +128,25 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do():
             assert parameter.grad is None, name
 
 
+def test_semantic_stem_keeps_a_small_labelled_region_whole():
+    """A label covering 1/16 of a token's cell (a printed word, say) moves that token as far as
+    a label covering the whole cell, wherever the label raises a channel: max-pooling does not
+    blend it into the background. Other tokens do not move."""
+    torch.manual_seed(0)
+    stem = ExpertStem(64, 32, semantic=True).eval()
+    label = torch.randn(64)
+    background = torch.zeros(1, 64, 64, 64)
+    small, full = background.clone(), background.clone()
+    small[0, :, 20:24, 4:8] = label[:, None, None]  # 4×4 pixels inside token (1, 0)'s 16×16 cell
+    full[0, :, 16:32, 0:16] = label[:, None, None]
+    with torch.no_grad():
+        plain, with_small, with_full = (stem(m)[0].reshape(4, 4, 32) for m in (background, small, full))
+    raised = with_full[1, 0] > plain[1, 0]
+    assert raised.any() and torch.allclose(with_small[1, 0][raised], with_full[1, 0][raised])
+    moved = (with_small - plain).abs().sum(-1) > 0
+    assert moved[1, 0] and moved.sum() == 1
+
+
 def test_instance_embedding_marks_each_instance_without_a_loop():
     torch.manual_seed(0)
     stem = ExpertStem(64, 32, semantic=True, instance_slots=128).eval()

@@ -27,7 +27,10 @@ def test_base_counts_match_the_paper_design():
     assert parts["vision.backbone"] == {"total": 85_054_464, "trainable": 0}  # ViT-B/16 blocks, frozen
     assert parts["decoder.backbone"]["trainable"] == 0 and parts["decoder.backbone"]["total"] == 85_054_464
     assert parts["decoder.embeddings"]["total"] == 39_000_576  # roberta-base: 50265 x 768 + 514 x 768 + ...
-    assert 140e6 < report["trainable"] < 170e6  # the parts the reference code trains, too
+    # the parts the reference code trains, too (about 160M in the paper; our semantic stems,
+    # a max-pooled projection, hold about 3.5M parameters fewer each than convolution stacks)
+    assert 130e6 < report["trainable"] < 170e6
+    assert parts["vision.stems"]["trainable"] < 20e6
     assert report["vision_tokens"] == 1 + 14 * 14 + 64
 
 
