@@ -177,6 +177,11 @@ def test_demo_data_is_deterministic_and_consistent(tmp_path):
         if row.get("type") == "position":
             assert row["answer"] in COLUMNS and f"{row['answer']}" in next(
                 r["caption"] for r in rows if r["image"] == row["image"] and "caption" in r)
+        if "caption" in row:  # every printed word the caption names is asked for twice
+            words = [part.split(" ")[0] for part in row["caption"].split("with the word ")[1:]]
+            asked = [r["answer"] for r in rows if r["image"] == row["image"] and r.get("type") == "word"]
+            assert sorted(asked) == sorted(words * 2)
+    assert any(r.get("type") == "word" for r in rows)
 
 
 def test_demo_words_are_readable_by_the_ocr_expert(tmp_path):

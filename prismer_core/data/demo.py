@@ -2,7 +2,7 @@
 
 Each image shows one to four shapes (circle, square, triangle, star) of distinct colours and
 kinds, on a 3×2 grid with jitter, at random depths (nearer shapes are drawn later and hide
-the ones behind). Some circles and squares carry a printed word or number. The scenes are
+the ones behind). Circles and squares carry a printed word or number. The scenes are
 made so the experts carry real information: the printed words are small and best read by
 the OCR expert; shape outlines are what the edge expert sees; positions are named ("on the
 left"), so a horizontal flip changes the right answer.
@@ -35,6 +35,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 #: Colours dark enough for white text; the others get black text.
 DARK = {"red", "green", "blue", "purple"}
 SHAPES = ("circle", "square", "triangle", "star")
+#: How often a circle or square carries a word. It was 0.6: with that few word questions the
+#: demo model never learnt to read in its 1000 steps (docs/benchmarks.md, "`make demo`").
+#: Still drawn when it is 1, so the rest of each scene stays as it was.
+WORD_CHANCE = 1.0
 #: Shapes roomy enough to carry a word.
 WORD_SHAPES = ("circle", "square")
 WORDS = ("cat", "dog", "sun", "car", "fish", "bird", "boat", "cup", "key", "hat", "pen", "box",
@@ -79,7 +83,8 @@ class Scene:
         return f"{NUMBERS[len(self.shapes)]} {noun}: {listed}"
 
     def questions(self, rng: np.random.Generator) -> list[dict[str, str]]:
-        """Question/answer pairs: the count, one question per shape, and each printed word."""
+        """Question/answer pairs: the count, one question per shape, and each printed word,
+        asked for by the shape's kind and by its colour."""
         qa = [{"type": "count", "question": "how many shapes are there?", "answer": NUMBERS[len(self.shapes)]}]
         for shape in sorted(self.shapes, key=lambda s: s.centre[0]):
             kind = ("colour", "position", "shape")[int(rng.integers(3))]
@@ -92,6 +97,7 @@ class Scene:
                 qa.append({"type": kind, "question": f"which shape is {shape.colour}?", "answer": shape.kind})
             if shape.word:
                 qa.append({"type": "word", "question": f"what is written on the {shape.kind}?", "answer": shape.word})
+                qa.append({"type": "word", "question": f"what is written on the {shape.colour} shape?", "answer": shape.word})
         return qa
 
 
@@ -106,7 +112,7 @@ def make_scene(rng: np.random.Generator) -> Scene:
     for kind, colour, cell, depth in zip(kinds, colours, cells, depths):
         column, row = int(cell) % len(COLUMNS), int(cell) // len(COLUMNS)
         word = None
-        if kind in WORD_SHAPES and rng.random() < 0.6:
+        if kind in WORD_SHAPES and rng.random() < WORD_CHANCE:
             word = str(rng.choice(WORDS))
         radius = float(rng.uniform(0.14, 0.17) if word else rng.uniform(0.10, 0.16))
         x = (column + 0.5) / len(COLUMNS) + rng.uniform(-0.05, 0.05)
