@@ -29,8 +29,8 @@ RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("experts", ("edge", "ocr")), (
 
 @dataclass
 class DemoSettings:
-    """Sizes chosen so the whole demo stays under 15 minutes on 2 CPU cores (11 min 53 s measured,
-    docs/benchmarks.md, "`make demo`"); raise them on a bigger machine."""
+    """Sizes chosen so the whole demo stays under 15 minutes on 2 CPU cores (12 min 10 s measured,
+    13 min 57 s with the install; docs/benchmarks.md, "`make demo`"); raise them on a bigger machine."""
 
     n: int = 640
     seed: int = 0
