@@ -48,7 +48,6 @@ def evaluate_demo(
     console = console or Console()
     out = Path(out)
     table: dict[str, dict[str, float]] = {}
-    by_type: dict[str, dict[str, float]] = {}
     commands = []
     for name, run in runs.items():
         predictor = Predictor.from_checkpoint(run, labels=labels)
@@ -57,10 +56,8 @@ def evaluate_demo(
             report_path = out / f"{_slug(name)}-{task}.json"
             report = evaluate(predictor, test_data, task, console=console, show_progress=show_progress)
             report.write(report_path)
-            row.update({metric: report.metrics[metric] for metric in HEADLINE[task]})
-            if task == "vqa":
-                by_type[name] = accuracy_by_type(report.metrics)
-                row.update(report.metrics)  # with the accuracy per type
+            # VQA keeps every metric (the accuracy per type too); captions their headline ones
+            row.update(report.metrics if task == "vqa" else {m: report.metrics[m] for m in HEADLINE[task]})
             flags = ["--labels", str(labels)] if labels else []
             commands.append(shlex.join(["prismer", "eval", "--checkpoint", str(run), "--data", str(test_data),
                                         "--task", task, *flags, "--report", str(report_path)]))
@@ -68,6 +65,7 @@ def evaluate_demo(
     columns = [metric for task in DEMO_TASKS for metric in HEADLINE[task]]
     console.print(f"evaluation on {test_data} (open-ended VQA, captions by 3-beam search):")
     console.print(metrics_table(table, columns))
+    by_type = {name: accuracy_by_type(row) for name, row in table.items()}
     kinds = sorted({kind for accuracies in by_type.values() for kind in accuracies})
     if kinds:
         console.print("VQA accuracy by question type:")
