@@ -102,7 +102,7 @@ def main() -> None:
 
     import torch
 
-    from prismer_core.data.demo import generate_demo
+    from prismer_core.demo import generate_demo
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="prismer-bench-") as tmp:

@@ -60,7 +60,7 @@ def synthetic_output(spec, height: int, width: int, rng: np.random.Generator):
 
 def prepare(root: Path, images: int, scene_size: int) -> dict:
     """Demo scenes, a label store with real edge/ocr maps and synthetic maps for the rest."""
-    from prismer_core.data.demo import generate_demo
+    from prismer_core.demo import generate_demo
     from prismer_core.data.label_store import LabelStore
     from prismer_core.data.images import list_images, read_rgb
     from prismer_core.labeling import label_images

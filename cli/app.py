@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from typer.core import TyperGroup
 
@@ -28,3 +30,11 @@ def new_app(help: str) -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
     )
+
+
+#: Where a manifest's images lie, for every command that reads manifests.
+IMAGE_ROOT: Path = typer.Option(
+    None, "--image-root",
+    help="Folder the manifest's image paths are relative to [default: the manifest's folder] "
+    "(COCO and VQAv2 files usually need it: their images lie elsewhere).",
+)

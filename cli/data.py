@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .app import new_app
+from .app import IMAGE_ROOT, new_app
 
 app = new_app("Training data: generate the offline demo set, check manifests.")
 
@@ -24,12 +24,13 @@ def demo(
     ({"image", "question", "answer", "type"}); train with --task caption,vqa. Positions are
     named in the text, so keep --hflip at 0 (or let the trainer swap left/right).
     """
-    from rich.progress import Progress
+    from rich.console import Console
 
-    from prismer_core.data.demo import generate_demo, split_sizes
+    from prismer_core.demo import generate_demo, split_sizes
+    from prismer_core.progress import make_progress
 
     sizes = split_sizes(n)
-    with Progress(transient=True) as progress:
+    with make_progress(Console(stderr=True), transient=True) as progress:
         task = progress.add_task("drawing scenes", total=n)
         summary = generate_demo(out, n=n, seed=seed, size=size, progress=lambda k: progress.advance(task, k))
     for split, count in sizes.items():
@@ -38,27 +39,15 @@ def demo(
 
 @app.command("check")
 def check(
-    manifests: list[Path] = typer.Argument(..., metavar="MANIFEST...", help="JSONL / COCO JSON manifests, .tar shards or folders of them."),
+    manifests: list[Path] = typer.Argument(..., metavar="MANIFEST...", help="JSONL, COCO captions / VQAv2 questions / BLIP-style .json, .tar shards or folders of them."),
     task: str = typer.Option("caption", "--task", help="caption, vqa, or caption,vqa: which rows count as usable."),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="Also decode every image (slower, finds corrupt files)."),
+    image_root: Path = IMAGE_ROOT,
 ) -> None:
     """Report every bad row (file:line and why) without training; exit 1 if there is any."""
-    from prismer_core.data.manifest import load_data, parse_tasks
-    from prismer_core.data.manifest import read_sample_image
-    from prismer_core.data.images import BadImageError
+    from prismer_core.data.manifest import check_data, parse_tasks
 
-    data = load_data(manifests, parse_tasks(task), on_bad_row="skip")
-    problems = [str(row) for row in data.bad_rows]
-    if decode:
-        seen: set[str] = set()
-        for sample in data.samples:
-            if sample.key in seen:
-                continue
-            seen.add(sample.key)
-            try:
-                read_sample_image(sample)
-            except BadImageError as exc:
-                problems.append(str(exc))  # names file:line
+    data, problems = check_data(manifests, parse_tasks(task), decode, image_root)
     counts = ", ".join(f"{data.count(t)} {t}" for t in ("caption", "vqa") if data.count(t))
     typer.echo(f"{counts} usable samples; {len(problems)} bad rows")
     for line in problems:

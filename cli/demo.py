@@ -19,7 +19,7 @@ def demo(
     same data and schedule, then prints the results and where the loss plots and
     checkpoints are.
     """
-    from prismer_core.train.demo import DemoSettings, run_demo
+    from prismer_core.demo import DemoSettings, run_demo
 
     settings = DemoSettings(seed=seed)
     if n is not None:

@@ -10,7 +10,6 @@ from rich.console import Console
 
 CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="A checkpoint folder, or a run folder from `prismer train` (its latest checkpoint).")
 LABELS = typer.Option(None, "--labels", help="Read expert maps from this label store (from `prismer label`) instead of running the experts.")
-IMAGE_ROOT = typer.Option(None, "--image-root", help="With --labels: the folder that was labelled (images are looked up by their path below it; default: by file name).")
 DEVICE = typer.Option("cpu", "--device", help="Where the model and experts run: cpu, cuda, cuda:1 ...")
 SETTINGS = typer.Option([], "--set", metavar="NAME.KEY=VALUE", help="A setting of an expert run on the fly, e.g. --set edge.low=50 (repeatable).")
 BATCH = typer.Option(8, "--batch-size", "-b", min=1, help="Images per model call.")
@@ -18,7 +17,7 @@ PRECISION = typer.Option("fp32", "--precision", help="fp32, or bf16 (faster on C
 BEAMS = typer.Option(3, "--beams", min=1, help="Beam width (1: greedy).")
 
 
-def _predictor(checkpoint: Path, labels: Path | None, image_root: Path | None, device: str, assignments: list[str], precision: str):
+def _predictor(checkpoint: Path, labels: Path | None, device: str, assignments: list[str], precision: str):
     from prismer_core.checkpoint import read_checkpoint_info
     from prismer_core.experts.settings import parse_assignments
     from prismer_core.inference import Predictor, resolve_checkpoint
@@ -27,7 +26,7 @@ def _predictor(checkpoint: Path, labels: Path | None, image_root: Path | None, d
     if assignments:
         experts = read_checkpoint_info(resolve_checkpoint(checkpoint)).experts
         settings = parse_assignments(assignments, known_experts=list(experts))
-    return Predictor.from_checkpoint(checkpoint, labels=labels, image_root=image_root, device=device, expert_settings=settings, precision=precision)
+    return Predictor.from_checkpoint(checkpoint, labels=labels, device=device, expert_settings=settings, precision=precision)
 
 
 def caption(
@@ -40,7 +39,6 @@ def caption(
     out: Path = typer.Option(None, "--out", "-o", help="Also write the captions to this JSONL file ({image, caption} per line)."),
     batch_size: int = BATCH,
     labels: Path = LABELS,
-    image_root: Path = IMAGE_ROOT,
     device: str = DEVICE,
     precision: str = PRECISION,
     assignments: list[str] = SETTINGS,
@@ -50,9 +48,9 @@ def caption(
     The experts the checkpoint was trained with run on the fly, unless --labels names a label store that holds their maps.
     """
     from prismer_core.atomic import write_bytes_atomic
-    from prismer_core.inference.progress import progress_bar
+    from prismer_core.progress import progress_bar
 
-    predictor = _predictor(checkpoint, labels, image_root, device, assignments, precision)
+    predictor = _predictor(checkpoint, labels, device, assignments, precision)
     with progress_bar("captioning", len(images)) as advance:
         captions = predictor.caption(images, prompt, num_beams=beams, max_new_tokens=max_new_tokens,
                                      min_length=min_length, batch_size=batch_size, progress=advance)
@@ -73,7 +71,6 @@ def vqa(
     top: int = typer.Option(5, "--top", min=1, help="With --answers: how many ranked candidates to show."),
     beams: int = BEAMS,
     labels: Path = LABELS,
-    image_root: Path = IMAGE_ROOT,
     device: str = DEVICE,
     precision: str = PRECISION,
     assignments: list[str] = SETTINGS,
@@ -82,7 +79,7 @@ def vqa(
     from prismer_core.inference import read_candidates
 
     candidates = read_candidates(answers) if answers is not None else None
-    predictor = _predictor(checkpoint, labels, image_root, device, assignments, precision)
+    predictor = _predictor(checkpoint, labels, device, assignments, precision)
     if candidates is None:
         typer.echo(predictor.answer([image], [question], num_beams=beams)[0] or "(empty: the model ended the answer at once)")
         return
@@ -105,7 +102,6 @@ def evaluate(
     beams: int = BEAMS,
     batch_size: int = BATCH,
     labels: Path = LABELS,
-    image_root: Path = IMAGE_ROOT,
     device: str = DEVICE,
     precision: str = PRECISION,
     assignments: list[str] = SETTINGS,
@@ -119,7 +115,7 @@ def evaluate(
 
     candidates = read_candidates(answers) if answers is not None else None
     class_names = read_candidates(classes, "classes") if classes is not None else None
-    predictor = _predictor(checkpoint, labels, image_root, device, assignments, precision)
+    predictor = _predictor(checkpoint, labels, device, assignments, precision)
     result = run_evaluation(
         predictor, data, task, answers=candidates, classes=class_names, template=template, prefilter_k=prefilter_k,
         num_beams=beams, batch_size=batch_size, limit=limit, console=Console(stderr=True),

@@ -12,6 +12,9 @@ or directory) are not copied: loading builds the model from the spec, which fetc
 again. The directory is written under a temporary name and renamed into place, so a reader
 never sees half a checkpoint. Loading checks the expert set, the file size, the safetensors
 header and the checksum before reading a tensor; nothing is unpickled.
+
+This module reads and writes the files; the model builds itself from them
+(:meth:`prismer_core.model.Prismer.from_pretrained`), so it never imports the model.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ import json
 import os
 import shutil
 import struct
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,14 @@ from typing import Any
 import torch
 import yaml
 
+from .atomic import staged_directory
 from .errors import PrismerError
-from .experts.contract import ExpertKind, ExpertSpec
+from .experts.contract import ExpertSpec
 from .specs import ModelSpec, spec_from_dict
 
 FORMAT = "prismer-checkpoint"
+#: In a run folder's checkpoints/: names the newest complete checkpoint.
+LATEST = "latest.json"
 FORMAT_VERSION = 1
 INFO_FILE = "prismer.json"
 SPEC_FILE = "spec.yaml"
@@ -92,9 +97,7 @@ def save_checkpoint(
         raise CheckpointError(f"checkpoint extra data must be JSON-serialisable: {exc}") from None
     if label_encoder_file is not None and not Path(label_encoder_file).is_file():
         raise CheckpointError(f"label encoder file {label_encoder_file} does not exist")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         state = model.state_dict()
         tensors = {name: state[name].detach().to("cpu").contiguous() for name in saved_weight_names(model)}
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
@@ -107,7 +110,7 @@ def save_checkpoint(
         info = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "experts": [_expert_record(e) for e in model.expert_specs.values()],
+            "experts": [e.record() for e in model.expert_specs.values()],
             "label_encoder": {"identity": label_encoder, "file": copied},
             "weights": {
                 "file": WEIGHTS_FILE,
@@ -124,10 +127,6 @@ def save_checkpoint(
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         for path in staging.iterdir():
             _fsync(path)
-        _replace_directory(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return directory
 
 
@@ -142,7 +141,7 @@ def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
         raise CheckpointError(f"checkpoint {directory}: cannot read {SPEC_FILE}: {exc}") from None
     spec = spec_from_dict(spec_data, str(spec_path))
     try:
-        experts = {record["name"]: _expert_from_record(record) for record in info["experts"]}
+        experts = {record["name"]: ExpertSpec.from_record(record) for record in info["experts"]}
         encoder = info.get("label_encoder") or {}
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {directory}: {INFO_FILE} has a bad expert record ({exc})") from None
@@ -150,74 +149,32 @@ def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
     return CheckpointInfo(directory, spec, experts, encoder.get("identity"), encoder_file, dict(info.get("extra") or {}))
 
 
-def load_checkpoint(
-    directory: str | Path,
-    experts: Mapping[str, ExpertSpec] | None = None,
-    device: str | torch.device = "cpu",
-) -> torch.nn.Module:
-    """Rebuild the model of a checkpoint (backbones from their sources) and load its weights.
-
-    ``experts``, when given, must be the recorded expert set (same names, versions and
-    shapes); a different set is an error rather than a silently wrong model.
-    """
+def load_weights(model: torch.nn.Module, info: CheckpointInfo, expected: Set[str], device: str | torch.device = "cpu") -> None:
+    """Load the checkpoint's verified weights into ``model``; ``expected`` are the names it
+    must hold (the model's trainable and unsourced weights), exactly."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model import build_model
-
-    checkpoint = read_checkpoint_info(directory)
-    if experts is not None:
-        _check_same_experts(checkpoint, experts)
-    weights = _verified_weights(checkpoint.directory)
-    model = build_model(checkpoint.spec, experts if experts is not None else checkpoint.experts, device=device)
+    weights = _verified_weights(info.directory)
     try:
         tensors = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint.directory}: {WEIGHTS_FILE} is damaged: {exc}") from None
-    expected = set(saved_weight_names(model))
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise CheckpointError(f"checkpoint {info.directory}: {WEIGHTS_FILE} is damaged: {exc}") from None
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {checkpoint.directory} does not fit its spec: "
-            f"missing {_few(missing)}; unexpected {_few(unexpected)}"
+            f"checkpoint {info.directory} does not fit its spec: missing {_few(missing)}; unexpected {_few(unexpected)}"
         )
     try:
         model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {checkpoint.directory}: weights do not fit the model: {exc}") from None
-    model.checkpoint_info = checkpoint
-    return model
+        raise CheckpointError(f"checkpoint {info.directory}: weights do not fit the model: {exc}") from None
 
 
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def _expert_record(expert: ExpertSpec) -> dict[str, Any]:
-    return {
-        "name": expert.name,
-        "version": expert.version,
-        "kind": ExpertKind(expert.kind).value,
-        "channels": expert.channels,
-        "has_instances": expert.has_instances,
-    }
-
-
-def _expert_from_record(record: Mapping[str, Any]) -> ExpertSpec:
-    """The parts of an expert's spec the model depends on (enough to rebuild its stem)."""
-    kind = ExpertKind(record["kind"])
-    return ExpertSpec(
-        name=record["name"],
-        version=record["version"],
-        kind=kind,
-        channels=int(record["channels"]),
-        has_instances=bool(record["has_instances"]),
-        open_vocabulary=kind is ExpertKind.SEMANTIC,
-    )
-
-
-def _check_same_experts(checkpoint: CheckpointInfo, experts: Mapping[str, ExpertSpec]) -> None:
-    recorded = {name: _expert_record(e) for name, e in checkpoint.experts.items()}
-    given = {name: _expert_record(e) for name, e in experts.items()}
+def check_same_experts(checkpoint: CheckpointInfo, experts: Mapping[str, ExpertSpec]) -> None:
+    """Refuse an expert set other than the recorded one (names, versions, kinds, shapes)."""
+    recorded = {name: e.record() for name, e in checkpoint.experts.items()}
+    given = {name: e.record() for name, e in experts.items()}
     if recorded == given:
         return
     problems = []
@@ -233,6 +190,35 @@ def _check_same_experts(checkpoint: CheckpointInfo, experts: Mapping[str, Expert
     raise CheckpointError(
         f"checkpoint {checkpoint.directory} was trained with {trained}; this run's experts differ ({'; '.join(problems)})"
     )
+
+
+def latest_checkpoint(checkpoints: Path) -> tuple[int, Path] | None:
+    """(step, folder) of the newest complete checkpoint named by ``checkpoints/latest.json``."""
+    path = checkpoints / LATEST
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        step, folder = int(record["step"]), checkpoints / record["folder"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is unreadable: {exc}") from None
+    if not folder.is_dir():
+        raise CheckpointError(f"{path} names {folder}, which does not exist")
+    return step, folder
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or the latest complete checkpoint of a run folder."""
+    path = Path(path)
+    if (path / INFO_FILE).is_file() or not (path / "checkpoints").is_dir():
+        return path  # read_checkpoint_info says what is wrong with a non-checkpoint
+    latest = latest_checkpoint(path / "checkpoints")
+    if latest is None:
+        raise CheckpointError(f"run folder {path} has no finished checkpoint yet (no checkpoints/{LATEST})")
+    return latest[1]
+
+
+# -- helpers -----------------------------------------------------------------------------------
 
 
 def _read_info(directory: Path) -> dict[str, Any]:
@@ -295,17 +281,6 @@ def _sha256(path: Path) -> str:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first, then removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _few(names: list[str]) -> str:

@@ -1,4 +1,10 @@
-"""`prismer label`: run experts over a folder or manifest and fill a label store, resumably."""
+"""`prismer label`: run experts over images and fill a label store, resumably.
+
+The images come from the one reader (:func:`prismer_core.data.manifest.read_images`): a
+folder, an image, a JSONL / COCO / VQAv2 / BLIP-style manifest or webdataset shards. Each is
+stored under its content key, so the same file is labelled once however often (and under
+whatever names) it is listed, and training finds its labels whatever path it is reached by.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .data.images import BadImageError, ImageSource, list_images, read_rgb
+from .data.images import BadImageError, ImageRef, LoadedImage
 from .data.label_store import LabelStore
+from .data.manifest import read_images
 from .data.preview import write_preview
 from .errors import PrismerError
 from .experts.runner import ExpertRunner
+from .progress import make_progress
 from .registry import Registry
 
 
@@ -57,6 +64,7 @@ def label_images(
     skip_bad_images: bool = False,
     device: str = "cpu",
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    image_root: str | Path | None = None,
     registry: Registry | None = None,
     show_progress: bool = True,
     console: Console | None = None,
@@ -65,13 +73,14 @@ def label_images(
 
     Images whose files already exist (for every expert, and every preview when asked) are
     skipped, so an interrupted run finishes by running it again. A bad image stops the run
-    with an error naming it, unless ``skip_bad_images`` is set.
+    with an error naming it, unless ``skip_bad_images`` is set. ``image_root``: where a
+    manifest's images lie (default: beside it).
     """
     import time
 
     if not experts:
         raise PrismerError("no experts given: pass --experts, for example --experts edge,ocr")
-    sources = list_images(input_path)
+    sources = read_images(input_path, image_root)
     index, count = parse_shard(shard)
     sources = sources[index::count]
     runner = ExpertRunner(experts, registry=registry, device=device, settings=settings)
@@ -83,64 +92,53 @@ def label_images(
         {name: runner.experts[name].settings for name in runner.requested},
     )
 
-    def done(source: ImageSource) -> bool:
+    def done(image: LoadedImage) -> bool:
         return all(
-            store.has(name, source.key) and (not visualize or store.preview_path(name, source.key).exists())
+            store.has(name, image.key) and (not visualize or store.preview_path(name, image.key).exists())
             for name in runner.requested
         )
 
-    todo = [s for s in sources if not done(s)]
-    report = LabelReport(skipped_done=len(sources) - len(todo))
+    report = LabelReport()
     console = console or Console(stderr=True)
-    if report.skipped_done:
-        console.print(f"{report.skipped_done} of {len(sources)} images already labelled in {out}; skipping them")
     start = time.perf_counter()
-    with _progress(console, show_progress) as progress:
-        task = progress.add_task("labelling", total=len(todo), rate="")
-        for batch in _batches(todo, batch_size):
-            images, ready = [], []
+    with make_progress(console, show_progress, "{task.fields[rate]}") as progress:
+        task = progress.add_task("labelling", total=len(sources), rate="")
+        for batch in _batches(sources, batch_size):
+            todo = []
             for source in batch:
                 try:
-                    images.append(read_rgb(source.path, source.where))
-                    ready.append(source)
+                    image = source.load()
                 except BadImageError as exc:
                     if not skip_bad_images:
                         raise
                     report.bad_images.append(str(exc))
                     console.print(f"[yellow]skipped:[/yellow] {exc}")
-            if ready:
-                outputs = runner(images, [s.label for s in ready])
-                for position, source in enumerate(ready):
+                    continue
+                if done(image) or any(image.key == other.key for other in todo):
+                    report.skipped_done += 1
+                else:
+                    todo.append(image)
+            if todo:
+                outputs = runner([image.pixels for image in todo], [image.where for image in todo])
+                for position, image in enumerate(todo):
                     for name in runner.requested:
                         output = outputs[name][position]
-                        store.write(name, source.key, output)
+                        store.write(name, image.key, output)
                         report.files_written += 1
                         if visualize:
-                            write_preview(store.preview_path(name, source.key), images[position], output, f"{name}: {source.key}")
+                            write_preview(store.preview_path(name, image.key), image.pixels, output, f"{name}: {image.where}")
                             report.files_written += 1
-                report.labelled += len(ready)
+                    store.note_image(image.key, image.where)
+                report.labelled += len(todo)
             elapsed = time.perf_counter() - start
             progress.update(task, advance=len(batch), rate=f"{report.labelled / elapsed:.2f} img/s" if elapsed else "")
+    if report.skipped_done:
+        console.print(f"{report.skipped_done} of {len(sources)} images were already labelled in {out}; skipped them")
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _batches(items: Sequence[ImageSource], size: int) -> Iterator[list[ImageSource]]:
+def _batches(items: Sequence[ImageRef], size: int) -> Iterator[list[ImageRef]]:
     size = max(1, size)
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )

@@ -7,7 +7,6 @@ an unusable spec, is recorded as broken with its reason; nothing else is affecte
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata as md
 import os
 import traceback
@@ -20,7 +19,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PrismerError
+from .errors import PrismerError, did_you_mean
 from .experts.contract import (
     CONTRACT_VERSION,
     MIN_CONTRACT_VERSION,
@@ -35,8 +34,7 @@ LOAD_PLUGINS_ENV = "PRISMER_LOAD_PLUGINS"
 
 class UnknownExpertError(PrismerError, KeyError):
     def __init__(self, name: str, known: Sequence[str]) -> None:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, known, n=3)
         listed = ", ".join(sorted(known)) or "none installed"
         self.name = name
         super().__init__(f"unknown expert '{name}'{hint} (available: {listed})")
@@ -235,6 +233,34 @@ class Registry:
                 f"expert '{name}' ({entry.plugin.package}) is not usable: {readiness}"
             )
         return entry.cls(**settings)  # type: ignore[misc]
+
+    def require(
+        self, names: Sequence[str], live: bool, settings: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, ExpertSpec]:
+        """The specs of ``names``, in order, checked before a run starts.
+
+        ``live`` (experts run during training or inference) needs every expert, and the
+        experts they depend on, to be ready here; reading maps from a label store only needs
+        them installed, so their versions can be checked against the store. Problems with
+        several experts are reported together, each with its reason and fix. Unknown names
+        raise :class:`UnknownExpertError` with close matches.
+        """
+        settings = settings or {}
+        order = self.resolve(names) if live else list(names)
+        problems = []
+        for name in order:
+            entry = self.entry(name)
+            if entry.status != "ok":
+                problems.append(f"'{name}' ({entry.plugin.package}): {entry.status}: {entry.reason}")
+            elif live:
+                readiness = entry.readiness(**dict(settings.get(name, {})))
+                if not readiness.ready:
+                    needed_by = [n for n in names if n != name and name in self.resolve([n])]
+                    why = f" (needed by {', '.join(needed_by)})" if needed_by and name not in names else ""
+                    problems.append(f"'{name}'{why} ({entry.plugin.package}): not ready: {readiness}")
+        if problems:
+            raise ExpertUnavailableError(f"cannot use these experts: {'; '.join(problems)}")
+        return {name: self.entry(name).spec for name in names}  # type: ignore[misc]
 
     def resolve(self, names: Iterable[str]) -> list[str]:
         """Order experts so that each comes after the experts it depends on (added if needed)."""

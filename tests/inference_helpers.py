@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prismer_core.data.demo import generate_demo
-from prismer_core.data.text import VQA_TEMPLATE
+from prismer_core.demo import generate_demo
+from prismer_core.text import VQA_TEMPLATE
 
 CAPTION_PROMPT = "a picture of"
 EXPERTS = ["edge"]

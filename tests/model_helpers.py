@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from prismer_core.inputs import ModelInputs
+
 from prismer_core.experts.contract import ExpertKind, ExpertSpec
 from prismer_core.specs import load_spec
 
@@ -29,20 +31,21 @@ def small_spec(**overrides):
     return load_spec("tiny", {"image_size": 64, **overrides})
 
 
-def make_batch(model, batch_size: int = 2, seed: int = 0) -> dict:
+def make_batch(model, batch_size: int = 2, seed: int = 0) -> ModelInputs:
     """Random RGB and expert maps with a few rectangular instances, shaped as the model expects."""
     generator = torch.Generator().manual_seed(seed)
     size = model.image_size
-    batch = {"rgb": torch.randn(batch_size, 3, size, size, generator=generator), "experts": {}, "instances": {}}
+    maps, instances = {}, {}
+    rgb = torch.randn(batch_size, 3, size, size, generator=generator)
     for name, expert in model.expert_specs.items():
         channels = model.spec.semantic_channels if expert.is_semantic else expert.channels
-        batch["experts"][name] = torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1
+        maps[name] = torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1
         if expert.has_instances:
             ids = torch.zeros(batch_size, size, size, dtype=torch.long)
             ids[:, : size // 2, : size // 2] = 1
             ids[:, size // 2 :, size // 4 :] = 2
-            batch["instances"][name] = ids
-    return batch
+            instances[name] = ids
+    return ModelInputs(rgb, maps, instances)
 
 
 def save_tiny_backbones(folder: Path, image_size: int = 64) -> tuple[Path, Path]:

@@ -1,13 +1,11 @@
-"""Training data as users have it: JSONL, COCO captions, tar shards; bad rows; the demo set."""
+"""Training data as users have it: JSONL, COCO captions, VQAv2 pairs, BLIP-style lists, tar
+shards, read by the one reader; bad rows; the demo set."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -15,17 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prismer_core.data.demo import COLUMNS, generate_demo
-from prismer_core.data.images import list_images
-from prismer_core.data.manifest import BadRowError, ManifestError, TarMember, load_data, read_sample_image
+from prismer_core.demo.scenes import COLUMNS, generate_demo
+from prismer_core.data.images import TarMember
+from prismer_core.data.manifest import BadRowError, ManifestError, load_data, read_images
 from prismer_core.data.transforms import swap_left_right
 
-PRISMER = [sys.executable, "-m", "prismer_cli.main"]
 
-
-def prismer(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PRISMER_LOAD_PLUGINS": "edge,ocr"}
-    return subprocess.run([*PRISMER, *args], capture_output=True, text=True, env=env)
+def pixels(sample) -> np.ndarray:
+    return sample.image.load().pixels
 
 
 def save_image(path: Path, colour=(200, 30, 30), size=32) -> Path:
@@ -52,9 +47,10 @@ def test_jsonl_rows_give_samples_per_task_with_paths_relative_to_the_manifest(tm
         ("caption", "1"), ("vqa", "2"), ("caption", "3"), ("vqa", "3")]
     assert both.samples[3].answers == ("blue", "blue", "navy")
     assert both.samples[1].answers == ("red",)
-    # keys are the ones `prismer label MANIFEST` stores labels under
-    assert {s.key for s in both.samples} == {src.key for src in list_images(manifest)}
-    assert read_sample_image(both.samples[0])[0, 0].tolist() == [200, 30, 30]
+    # the images `prismer label MANIFEST` labels, under the same content keys
+    assert [r.name for r in read_images(manifest)] == ["img/a.png", "img/b.png"]
+    assert {s.image.load().key for s in both.samples} == {r.load().key for r in read_images(manifest)}
+    assert pixels(both.samples[0])[0, 0].tolist() == [200, 30, 30]
 
     # a question row is not a bad row of a caption run over a mixed manifest: it is not for it
     captions = load_data(manifest, ("caption",))
@@ -116,7 +112,7 @@ def test_coco_captions_json(tmp_path):
     data = load_data(coco, ("caption",), on_bad_row="skip", image_root=tmp_path / "train2014")
     assert [s.caption for s in data.samples] == ["A red square.", "Red."]
     assert [str(r) for r in data.bad_rows] == [f"{coco}:annotations[2]: image_id 7 is not in 'images'"]
-    assert read_sample_image(data.samples[0]).shape == (32, 32, 3)
+    assert pixels(data.samples[0]).shape == (32, 32, 3)
 
 
 def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -131,6 +127,41 @@ def _png(colour) -> bytes:
     return buffer.getvalue()
 
 
+def test_vqav2_questions_with_their_annotations_beside_them(tmp_path):
+    root = tmp_path / "coco"
+    save_image(root / "val2014" / "COCO_val2014_000000000042.jpg")
+    questions = tmp_path / "vqa" / "v2_OpenEnded_mscoco_val2014_questions.json"
+    questions.parent.mkdir()
+    questions.write_text(json.dumps({"data_subtype": "val2014", "questions": [
+        {"image_id": 42, "question": "What colour is it?", "question_id": 420},
+        {"image_id": 42, "question": "Is it round?", "question_id": 421}]}))
+    # `prismer label` needs the images only: no annotations yet
+    assert [r.name for r in read_images(questions, image_root=root)] == ["val2014/COCO_val2014_000000000042.jpg"]
+    with pytest.raises(ManifestError, match="v2_mscoco_val2014_annotations.json beside them"):
+        load_data(questions, ("vqa",), image_root=root)
+    (tmp_path / "vqa" / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": [
+        {"question_id": 420, "question_type": "what color", "answers": [{"answer": "red"}, {"answer": "red"}]},
+        {"question_id": 421, "question_type": "is the", "answers": [{"answer": "no"}]}]}))
+    data = load_data(questions, ("vqa",), image_root=root)
+    assert [(s.question, s.answers, s.question_type) for s in data.samples] == [
+        ("What colour is it?", ("red", "red"), "what color"), ("Is it round?", ("no",), "is the")]
+    assert pixels(data.samples[0]).shape == (32, 32, 3)
+
+
+def test_blip_style_json_lists(tmp_path):
+    save_image(tmp_path / "img" / "a.png")
+    blip = tmp_path / "coco_karpathy_test.json"
+    blip.write_text(json.dumps([
+        {"image": "img/a.png", "caption": ["a red square.", "red."], "image_id": "coco_1"},
+        {"image": "img/a.png", "question": "what colour?", "answer": ["red", "red"], "dataset": "vqa"},
+        {"image": "img/missing.png", "caption": "x"},
+    ]))
+    data = load_data(blip, ("caption", "vqa"), on_bad_row="skip")
+    assert [(s.task, s.caption or s.answers) for s in data.samples] == [
+        ("caption", "a red square."), ("caption", "red."), ("vqa", ("red", "red"))]
+    assert [str(r) for r in data.bad_rows] == [f"{blip}:[2]: image not found: {tmp_path / 'img' / 'missing.png'}"]
+
+
 def test_webdataset_tar_shards_are_read_in_place(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -142,12 +173,12 @@ def test_webdataset_tar_shards_are_read_in_place(tmp_path):
         _add(archive, "s3.txt", b"text without an image")
         _add(archive, "s4.png", b"")
     data = load_data(shards, ("caption", "vqa"), on_bad_row="skip")
-    by_task = {(s.key, s.task): s for s in data.samples}
+    by_task = {(s.name, s.task): s for s in data.samples}
     assert set(by_task) == {("000.tar/s1.png", "caption"), ("000.tar/s2.png", "caption"), ("000.tar/s2.png", "vqa")}
     assert by_task[("000.tar/s1.png", "caption")].caption == "a red picture"
     assert by_task[("000.tar/s2.png", "vqa")].answers == ("blue",)
     assert isinstance(by_task[("000.tar/s2.png", "vqa")].image, TarMember)
-    assert read_sample_image(by_task[("000.tar/s2.png", "vqa")])[0, 0].tolist() == [0, 0, 255]
+    assert pixels(by_task[("000.tar/s2.png", "vqa")])[0, 0].tolist() == [0, 0, 255]
     # s1 has no question: a bad row for vqa only; s3 has no image; s4's image is empty
     reasons = sorted(str(r).split(": ", 1)[1] for r in data.bad_rows)
     assert reasons[0].startswith("image member s4.png is empty") and any("no image member" in r for r in reasons)
@@ -168,7 +199,7 @@ def test_demo_data_is_deterministic_and_consistent(tmp_path):
     data = load_data([first.manifest(s) for s in ("train", "val", "test")], ("caption", "vqa"))
     assert data.count("caption") == 12 and data.count("vqa") >= 12
     for sample in data.samples:
-        assert read_sample_image(sample).shape == (96, 96, 3)
+        assert pixels(sample).shape == (96, 96, 3)
     rows = [json.loads(line) for line in first.manifest("train").read_text().splitlines()]
     count = {r["image"]: r["answer"] for r in rows if r.get("type") == "count"}
     for row in rows:
@@ -206,19 +237,18 @@ def test_flipped_text_swaps_left_and_right():
     assert swap_left_right("Left? leftover") == "Right? leftover"
 
 
-def test_data_cli_demo_and_check(tmp_path):
-    result = prismer("data", "demo", "--out", str(tmp_path / "demo"), "--n", "10", "--size", "64")
-    assert result.returncode == 0, result.stderr
+def test_data_cli_demo_and_check(cli, tmp_path):
+    result = cli("data", "demo", "--out", tmp_path / "demo", "--n", "10", "--size", "64", load="edge,ocr")
     assert "train: 8 images" in result.stdout
-    ok = prismer("data", "check", str(tmp_path / "demo" / "train.jsonl"), "--task", "caption,vqa")
-    assert ok.returncode == 0 and "0 bad rows" in ok.stdout
+    ok = cli("data", "check", tmp_path / "demo" / "train.jsonl", "--task", "caption,vqa", load="edge,ocr")
+    assert "0 bad rows" in ok.stdout
 
     manifest = tmp_path / "demo" / "train.jsonl"
     lines = manifest.read_text().splitlines()
     (tmp_path / "demo" / "images" / "train" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     lines[0] = json.dumps({"image": "images/train/00000.png"})
     manifest.write_text("\n".join(lines) + "\n")
-    bad = prismer("data", "check", str(manifest), "--task", "caption")
-    assert bad.returncode == 1
+    bad = cli("data", "check", manifest, "--task", "caption", load="edge,ocr", check=False)
+    assert bad.exit_code == 1
     assert f"{manifest}:1: missing key 'caption'" in bad.stderr
     assert "00001.png" in bad.stderr and "cannot read image" in bad.stderr

@@ -9,8 +9,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from prismer_core.data.dataset import StoredLabels, TrainingData
+from prismer_core.data.dataset import TrainingData
+from prismer_core.data.encoding import SampleEncoder
+from prismer_core.data.images import content_key
 from prismer_core.data.label_store import LabelStore
+from prismer_core.data.labels import StoredLabels
 from prismer_core.data.manifest import load_data
 from prismer_core.data.transforms import PairedTransform
 from prismer_core.experts.contract import DenseMap, ExpertKind, ExpertSpec, SemanticMap
@@ -81,14 +84,14 @@ def test_training_data_reads_stored_maps_aligned_with_the_image(tmp_path):
     spec = ExpertSpec(name="grey", version="1", kind=ExpertKind.DENSE, channels=1)
     store = LabelStore(tmp_path / "store")
     store.open_for({"grey": spec}, {})
-    store.write("grey", "scene.png", DenseMap(grey(image)))
+    store.write("grey", content_key((tmp_path / "scene.png").read_bytes()), DenseMap(grey(image)))
 
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     samples = load_data(tmp_path / "train.jsonl").samples
-    data = TrainingData(samples, PairedTransform(56, True, (0.3, 0.7), hflip=1.0), mean, std,
-                        {"grey": spec}, StoredLabels(store, {"grey": spec}))
+    encoder = SampleEncoder(PairedTransform(56, True, (0.3, 0.7), hflip=1.0), mean, std, {"grey": spec})
+    data = TrainingData(samples, encoder, StoredLabels(store, {"grey": spec}))
     item = data[(0, 11)]
-    rgb = item["rgb"] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    rgb = item.inputs.rgb[0] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     expected = rgb.mean(0) * 2.0 - 1.0
-    assert (item["experts"]["grey"][0] - expected).abs().max() < 0.02  # float16 store + rounding
-    assert item["target"] == "blocks on the right"  # flipped image, flipped words
+    assert (item.inputs.experts["grey"][0, 0] - expected).abs().max() < 0.02  # float16 store + rounding
+    assert item.target == "blocks on the right"  # flipped image, flipped words

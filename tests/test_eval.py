@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from inference_helpers import trained_demo
-from prismer_core.inference import evaluate_demo
+from prismer_core.demo import evaluate_demo
 from prismer_core.metrics import caption_scores, mean_vqa_accuracy, top1_accuracy
 
 

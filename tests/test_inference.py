@@ -15,11 +15,10 @@ from PIL import Image
 from inference_helpers import CAPTION_PROMPT, trained_demo
 from model_helpers import experts, small_spec
 from prismer_core.checkpoint import save_checkpoint
-from prismer_core.data.text import task_prompt
+from prismer_core.text import task_prompt
 from prismer_core.errors import PrismerError
 from prismer_core.experts.contract import ExpertKind, ExpertSpec
 from prismer_core.inference import Predictor
-from prismer_core.inference.inputs import as_inputs
 from prismer_core.model import build_model
 
 ANSWERS = ["one", "two", "three", "four", "red", "blue", "circle", "left"]
@@ -46,8 +45,8 @@ def predictor(trained):
 
 def direct_log_likelihoods(predictor: Predictor, image, prompt: str, texts: list[str]) -> list[float]:
     """log p(text + end | image, prompt) from the model's plain forward pass, token by token."""
-    model, tokenizer = predictor.model, predictor.model.tokenizer
-    batch = predictor.builder(as_inputs([image]))
+    model, tokenizer = predictor.model, predictor.codec.tokenizer
+    batch = predictor.inputs([image])
     head = tokenizer(prompt)["input_ids"][:-1]  # [CLS] prompt, without [SEP]
     scores = []
     for text in texts:
@@ -63,15 +62,15 @@ def test_captions_are_sentences_of_the_vocabulary_for_paths_pil_images_and_array
     captions = predictor.caption(images, batch_size=2)
     assert predictor.caption_prompt == CAPTION_PROMPT  # the prompt the run was trained with
     assert len(captions) == 3 and all(isinstance(c, str) and c.strip() for c in captions)
-    vocabulary = set(predictor.model.tokenizer.get_vocab())
+    vocabulary = set(predictor.codec.tokenizer.get_vocab())
     for caption in captions:
-        tokens = predictor.model.tokenizer.tokenize(caption)
+        tokens = predictor.codec.tokenizer.tokenize(caption)
         assert tokens and "[UNK]" not in tokens and set(tokens) <= vocabulary
     assert {"shape", "shapes"} & set(" ".join(captions).split())  # it learnt the demo's captions
     pil = Image.open(images[0])
     assert predictor.caption([pil, np.asarray(pil.convert("RGB"))]) == [captions[0]] * 2
     greedy = predictor.caption(images[:1], num_beams=1, max_new_tokens=4)
-    assert len(predictor.model.tokenizer.tokenize(greedy[0])) <= 4
+    assert len(predictor.codec.tokenizer.tokenize(greedy[0])) <= 4
 
 
 def test_open_ended_answers(trained, predictor):
@@ -124,10 +123,10 @@ def test_prefilter_covering_all_candidates_equals_full_ranking(trained, predicto
 def test_prefilter_keeps_the_candidates_whose_first_token_is_most_likely(trained, predictor):
     row = next(r for r in trained.test_rows() if "question" in r)
     image, prompt = trained.demo / row["image"], task_prompt("vqa", row["question"])
-    model, tokenizer = predictor.model, predictor.model.tokenizer
+    model, tokenizer = predictor.model, predictor.codec.tokenizer
     with torch.no_grad():
         head = torch.tensor([tokenizer(prompt)["input_ids"][:-1]])
-        first = F.log_softmax(model(predictor.builder(as_inputs([image])), head).logits[0, -1], dim=-1)
+        first = F.log_softmax(model(predictor.inputs([image]), head).logits[0, -1], dim=-1)
     first_token = {a: first[tokenizer(" " + a, add_special_tokens=False)["input_ids"][0]].item() for a in ANSWERS}
     expected = sorted(ANSWERS, key=first_token.get, reverse=True)[:3]
     ranking = predictor.rank([image], [row["question"]], ANSWERS, prefilter_k=3)[0]
@@ -183,12 +182,19 @@ def test_expert_maps_from_a_label_store_give_the_same_captions(cli, trained, tmp
     cli("label", folder, "--experts", "edge", "--out", store)
     images = sorted(folder.glob("*.png"))[:2]
     live = Predictor.from_checkpoint(trained.run).caption(images)
-    stored = Predictor.from_checkpoint(trained.run, labels=store, image_root=folder).caption(images)
-    assert stored == live
-    by_name = Predictor.from_checkpoint(trained.run, labels=store)  # keys default to file names
-    assert by_name.caption(images) == live
+    stored = Predictor.from_checkpoint(trained.run, labels=store)
+    assert stored.caption(images) == live
+    # found by content, however the file is reached: another folder, another name
+    elsewhere = tmp_path / "elsewhere" / "renamed.png"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(images[0].read_bytes())
+    assert stored.caption([elsewhere.resolve()]) == live[:1]
     with pytest.raises(PrismerError, match="has no name in a label store"):
-        by_name.caption([np.asarray(Image.open(images[0]).convert("RGB"))])
+        stored.caption([np.asarray(Image.open(images[0]).convert("RGB"))])
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), "white").save(other)
+    with pytest.raises(PrismerError, match=f"has no 'edge' labels for image {other}"):
+        stored.caption([other])
 
 
 def test_a_missing_or_unready_expert_is_named_with_what_to_do(cli, trained, tmp_path):
@@ -236,8 +242,8 @@ def test_semantic_maps_are_encoded_with_the_checkpoints_own_label_encoder(tmp_pa
     ImageDraw.Draw(picture).text((96, 96), "PRISMER", fill="black", font=ImageFont.load_default(size=40), anchor="mm")
     image = np.asarray(picture)
     predictor = Predictor.from_checkpoint(checkpoint)
-    assert predictor.builder.label_encoder.identity == projection.identity
-    ocr_map = predictor.builder(as_inputs([image]))["experts"]["ocr"][0].permute(1, 2, 0).reshape(-1, 64).numpy()
+    assert predictor.encoder.label_encoder.identity == projection.identity
+    ocr_map = predictor.inputs([image]).experts["ocr"][0].permute(1, 2, 0).reshape(-1, 64).numpy()
     names = ExpertRunner(["ocr"])([image], ["picture"])["ocr"][0].names
     assert names  # the word was read
     allowed = np.concatenate([projection.background[None], LabelEncoder(projection, embedder).vectors(names)])

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model_helpers import SIX, experts, make_batch, small_spec
 from prismer_core.errors import PrismerError
+from prismer_core.inputs import ModelInputs
 from prismer_core.model import build_model
 from prismer_core.model.stems import ExpertStem
 from prismer_core.model.vision import VisionEncoder, load_vision_tower
 from prismer_core.specs import ModelSpecError, load_spec
+from prismer_core.text import TextCodec
 
 EXPERT_SETS = {
     0: (),
@@ -19,6 +23,11 @@ EXPERT_SETS = {
     3: ("depth", "normal", "seg"),
     6: tuple(SIX),
 }
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return TextCodec.for_decoder(small_spec().decoder)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +94,7 @@ def test_rgb_tokens_see_the_latents_only_when_the_spec_says_so(rgb_attends_laten
     assert all(torch.equal(value, with_experts.state_dict()[name]) for name, value in shared.items())
     batch = make_batch(with_experts)
     with torch.no_grad():
-        rgb_only = prismerz.encode_images({"rgb": batch["rgb"], "experts": {}, "instances": {}})
+        rgb_only = prismerz.encode_images(ModelInputs(batch.rgb))
         tokens = with_experts.encode_images(batch)
     same = torch.allclose(tokens[:, : rgb_only.shape[1]], rgb_only, atol=1e-5)
     assert same is not rgb_attends_latents
@@ -162,42 +171,46 @@ def test_instance_embedding_marks_each_instance_without_a_loop():
     assert delta[2:].abs().max() == 0 and delta[:, 2:].abs().max() == 0
 
 
-def test_generation_with_the_cache_equals_generation_without(six_expert_model):
+def test_generation_with_the_cache_equals_generation_without(six_expert_model, codec):
     model = six_expert_model
     batch = make_batch(model, batch_size=2, seed=3)
-    prompts = ["a picture of", "what is written on the sign ? answer :"]  # different lengths: left padding
+    prompts = codec.prompt_batch(["a picture of", "what is written on the sign ? answer :"])  # left padding
     for beams in (1, 3):
-        cached = model.generate(batch, prompts, num_beams=beams, max_new_tokens=8, return_ids=True)
-        uncached = model.generate(batch, prompts, num_beams=beams, max_new_tokens=8, return_ids=True, use_cache=False)
+        cached = model.generate(batch, prompts, end_token_id=codec.end_id, num_beams=beams, max_new_tokens=8)
+        uncached = model.generate(batch, prompts, end_token_id=codec.end_id, num_beams=beams, max_new_tokens=8,
+                                  use_cache=False)
         assert cached == uncached
         assert all(len(ids) == 8 for ids in cached)  # a random model does not stop early
-    texts = model.generate(batch, "a picture of", num_beams=3, max_new_tokens=5)
+    shared = model.generate(batch, codec.prompt_batch(["a picture of"]), end_token_id=codec.end_id, max_new_tokens=5)
+    texts = codec.decode(shared)
     assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
 
 
-def test_min_length_holds_back_the_end_token(six_expert_model):
-    model = six_expert_model
+def test_min_length_holds_back_the_end_token(six_expert_model, codec):
+    model, end = six_expert_model, codec.end_id
     with torch.no_grad():
-        model.decoder.lm_head.bias[model.eos_token_id] = 1e4  # the end token always wins...
+        model.decoder.lm_head.bias[end] = 1e4  # the end token always wins...
         try:
             batch = make_batch(model)
-            assert model.generate(batch, num_beams=3, max_new_tokens=6, return_ids=True) == [[], []]
-            forced = model.generate(batch, num_beams=3, max_new_tokens=6, min_length=4, return_ids=True)
+            empty = codec.prompt_batch([""])
+            assert model.generate(batch, empty, end_token_id=end, num_beams=3, max_new_tokens=6) == [[], []]
+            forced = model.generate(batch, empty, end_token_id=end, num_beams=3, max_new_tokens=6, min_length=4)
         finally:
-            model.decoder.lm_head.bias[model.eos_token_id] = 0.0
+            model.decoder.lm_head.bias[end] = 0.0
     assert [len(ids) for ids in forced] == [4, 4]  # ...once four tokens are written
 
 
-def test_score_is_the_log_likelihood_of_each_candidate(six_expert_model):
+def test_score_is_the_log_likelihood_of_each_candidate(six_expert_model, codec):
     model = six_expert_model
     batch = make_batch(model, seed=5)
     candidates = ["red", "a small dog", "two"]
-    scores = model.score(batch, "question : what is it ? answer :", candidates)
+    question = "question : what is it ? answer :"
+    scores = model.score(batch, codec.prompt_batch([question]), codec.candidate_batch([question], candidates))
     assert scores.shape == (2, 3)
-    tokenizer = model.tokenizer
-    prompt = tokenizer("question : what is it ? answer :")["input_ids"][:-1]
+    tokenizer = codec.tokenizer
+    prompt = tokenizer(question)["input_ids"][:-1]
     for c, candidate in enumerate(candidates):
-        answer = tokenizer(" " + candidate, add_special_tokens=False)["input_ids"] + [model.eos_token_id]
+        answer = tokenizer(" " + candidate, add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
         ids = torch.tensor([prompt + answer] * 2)
         with torch.no_grad():
             log_probs = F.log_softmax(model(batch, ids).logits, dim=-1)
@@ -205,18 +218,37 @@ def test_score_is_the_log_likelihood_of_each_candidate(six_expert_model):
         assert torch.allclose(scores[:, c], direct, atol=1e-3)
 
 
-def test_bad_batches_are_clear_errors(six_expert_model):
+def test_bad_inputs_are_clear_errors(six_expert_model):
     model = six_expert_model
     batch = make_batch(model)
-    missing = {**batch, "experts": {k: v for k, v in batch["experts"].items() if k != "seg"}}
-    with pytest.raises(PrismerError, match=r"batch\['experts'\]\['seg'\] must have shape \[2, 64, 64, 64\], got nothing"):
+    missing = replace(batch, experts={k: v for k, v in batch.experts.items() if k != "seg"})
+    with pytest.raises(PrismerError, match=r"inputs.experts\['seg'\] must have shape \[2, 64, 64, 64\], got nothing"):
         model.encode_images(missing)
     with pytest.raises(PrismerError, match="not built for: sal"):
-        model.encode_images({**batch, "experts": {**batch["experts"], "sal": batch["experts"]["seg"]}})
-    with pytest.raises(PrismerError, match=r"batch\['instances'\]\['ocr'\]"):
-        model.encode_images({**batch, "instances": {"objdet": batch["instances"]["objdet"]}})
-    with pytest.raises(PrismerError, match=r"batch\['rgb'\] must be a float tensor \[B, 3, 64, 64\]"):
-        model.encode_images({**batch, "rgb": torch.zeros(2, 3, 32, 32)})
+        model.encode_images(replace(batch, experts={**batch.experts, "sal": batch.experts["seg"]}))
+    with pytest.raises(PrismerError, match=r"inputs.instances\['ocr'\]"):
+        model.encode_images(replace(batch, instances={"objdet": batch.instances["objdet"]}))
+    with pytest.raises(PrismerError, match=r"inputs.rgb must be a float tensor \[B, 3, 64, 64\]"):
+        model.encode_images(replace(batch, rgb=torch.zeros(2, 3, 32, 32)))
+    with pytest.raises(PrismerError, match="reads ModelInputs"):
+        model.encode_images({"rgb": batch.rgb})
+    # per-sample missing experts (issue 16) are refused loudly until they are implemented
+    absent = replace(batch, present={"seg": torch.tensor([True, False])})
+    with pytest.raises(PrismerError, match="lack the maps of seg: running with missing experts is not implemented"):
+        model.encode_images(absent)
+
+
+def test_model_inputs_move_select_and_concatenate(six_expert_model):
+    batch = make_batch(six_expert_model, batch_size=3)
+    one = batch.select(1)
+    assert len(one) == 1 and torch.equal(one.experts["seg"][0], batch.experts["seg"][1])
+    again = ModelInputs.concat([batch.select(0), batch.select([1, 2])])
+    assert all(torch.equal(a, b) for a, b in zip(
+        [again.rgb, *again.experts.values(), *again.instances.values()],
+        [batch.rgb, *batch.experts.values(), *batch.instances.values()]))
+    half = batch.to("cpu", torch.bfloat16)
+    assert half.rgb.dtype == half.experts["edge"].dtype == torch.bfloat16
+    assert half.instances["ocr"].dtype == torch.long  # ids stay integers
 
 
 def test_specs_are_validated_with_file_and_field(tmp_path):

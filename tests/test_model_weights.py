@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import RobertaForCausalLM
 
+from prismer_core.text import TokenRows
 from model_helpers import experts, make_batch, save_tiny_backbones, spec_with_local_backbones
 from prismer_core.checkpoint import WEIGHTS_FILE, save_checkpoint
 from prismer_core.errors import PrismerError
@@ -94,7 +95,8 @@ def test_cached_greedy_decoding_follows_transformers_roberta(backbones, model):
     reference = RobertaForCausalLM.from_pretrained(roberta_dir).eval()
     batch = make_batch(model, seed=4)
     prompt = torch.tensor([[0, 31, 415, 88], [0, 77, 5, 9]])
-    ours = model.generate(batch, prompt, num_beams=1, max_new_tokens=6, return_ids=True, eos_token_id=2)
+    ours = model.generate(batch, TokenRows(prompt, torch.ones_like(prompt, dtype=torch.bool)), end_token_id=2,
+                          num_beams=1, max_new_tokens=6)
     ids = prompt
     with torch.no_grad():
         vision = model.encode_images(batch)

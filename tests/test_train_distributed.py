@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from prismer_core.data.demo import generate_demo
+from prismer_core.demo import generate_demo
 from prismer_core.model import Prismer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ STEP_SCRIPT = textwrap.dedent(
     import torch
     import torch.distributed as dist
     from prismer_core.data.dataset import Collator, TrainingData
+    from prismer_core.data.encoding import SampleEncoder
     from prismer_core.data.manifest import load_data
     from prismer_core.data.transforms import PairedTransform
     from prismer_core.model import build_model
@@ -38,6 +39,7 @@ STEP_SCRIPT = textwrap.dedent(
     from prismer_core.train.distributed import setup_distributed
     from prismer_core.train.engine import make_engine
     from prismer_core.train.sampler import StepSampler
+    from prismer_core.text import TextCodec
 
     manifest, out = sys.argv[1:3]
     ctx = setup_distributed("cpu")
@@ -53,8 +55,8 @@ STEP_SCRIPT = textwrap.dedent(
             flat = torch.cat([p.detach().double().flatten() for p in engine.model.parameters()])
             return [flat.sum().item(), flat.square().sum().item(), (flat * torch.arange(len(flat), dtype=torch.float64)).sum().item()]
 
-        data = TrainingData(samples, PairedTransform(32), model.image_mean, model.image_std)
-        collate = Collator(model.tokenizer)
+        data = TrainingData(samples, SampleEncoder(PairedTransform(32), model.image_mean, model.image_std, {}))
+        collate = Collator(TextCodec.for_decoder(model.spec.decoder))
         sampler = StepSampler(len(samples), 4, 2, seed=0, rank=ctx.rank, world_size=ctx.world_size)
         start, seen = fingerprint(), []
         for step in range(2):

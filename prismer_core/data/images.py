@@ -1,10 +1,20 @@
-"""Finding and reading input images, with errors that name the file (and manifest line)."""
+"""Images as the readers find them, and as they are read: pixels, a content key, a name.
+
+Every reader (folders, manifests, tar shards, the predictor's arguments) turns an image into
+an :class:`ImageRef`: a file, a member of a tar shard, or pixels already in memory. Loading one
+gives a :class:`LoadedImage` whose ``key`` is the SHA-256 of the file's bytes, so the same
+file has the same key however it is reached (``photos/00053.png`` or
+``images/train/00053.png``): label stores are keyed by it. Errors name the file (and the
+manifest line it came from).
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -23,81 +33,105 @@ class BadInputError(PrismerError):
     """An input folder or manifest that cannot be used."""
 
 
-@dataclass(frozen=True)
-class ImageSource:
-    """One input image: ``key`` names it inside a label store, ``where`` names it for people."""
+def content_key(data: bytes) -> str:
+    """The label-store key of an image file: the SHA-256 of its bytes, in hex."""
+    return hashlib.sha256(data).hexdigest()
 
-    key: str
-    path: Path
-    where: str = ""
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image read: H×W×3 uint8 pixels, its content key (None for pixels given in memory)
+    and its name for people."""
+
+    pixels: np.ndarray
+    key: str | None
+    where: str
+
+
+class ImageRef(ABC):
+    """Where an image is: ``name`` names it in reports, ``where`` in messages (file:line)."""
+
+    name: str
+    where: str
+
+    @abstractmethod
+    def load(self) -> LoadedImage:
+        """The pixels and content key, or :class:`BadImageError` naming the image."""
 
     @property
     def label(self) -> str:
-        return self.where or str(self.path)
+        return self.where or self.name
+
+    @property
+    def source(self) -> str:
+        """Where the bytes are (two rows naming one file share it)."""
+        return self.label
 
 
-def image_key(path: str | Path, root: str | Path | None = None) -> str:
-    """A stable, relative, '/'-separated key for an image, used as its name in a label store."""
-    path = Path(path)
-    if root is not None and not path.is_absolute():
-        rel = PurePosixPath(path.as_posix())
-    elif root is not None:
+@dataclass(frozen=True)
+class ImageFile(ImageRef):
+    path: Path
+    name: str = ""
+    where: str = ""
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def load(self) -> LoadedImage:
+        label = self.where or str(self.path)
+        if self.where and str(self.path) not in self.where:
+            label = f"{self.where} ({self.path})"
         try:
-            rel = PurePosixPath(path.resolve().relative_to(Path(root).resolve()).as_posix())
-        except ValueError:
-            rel = PurePosixPath(path.resolve().as_posix().lstrip("/"))
-    else:
-        rel = PurePosixPath(path.as_posix().lstrip("/"))
-    parts = [p for p in rel.parts if p not in ("", ".", "..")]
-    if not parts:
-        raise BadInputError(f"cannot derive a key from image path {str(path)!r}")
-    return "/".join(parts)
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise BadImageError(f"image not found: {label}") from None
+        except OSError as exc:
+            raise BadImageError(f"cannot read image {label}: {exc.strerror or exc}") from None
+        return LoadedImage(decode_rgb(data, label), content_key(data), label)
 
 
-def list_images(input_path: str | Path) -> list[ImageSource]:
-    """List the images of a folder (recursively, sorted) or of a JSONL manifest with 'image'."""
-    input_path = Path(input_path)
-    if not input_path.exists():
-        raise BadInputError(f"input not found: {input_path}")
-    if input_path.is_dir():
-        files = sorted(
-            p for p in input_path.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not files:
-            raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {input_path}")
-        return [ImageSource(image_key(p.relative_to(input_path), input_path), p) for p in files]
-    if input_path.suffix.lower() in {".jsonl", ".json"}:
-        return list_manifest_images(input_path)
-    if input_path.suffix.lower() in IMAGE_SUFFIXES:
-        return [ImageSource(image_key(input_path.name, input_path.parent), input_path)]
-    raise BadInputError(f"input {input_path} is neither a folder of images, an image, nor a JSONL manifest")
+@dataclass(frozen=True)
+class TarMember(ImageRef):
+    """An image inside a tar shard, read back by byte offset (nothing is unpacked)."""
+
+    shard: Path
+    offset: int
+    size: int
+    name: str = ""
+    where: str = ""
+
+    @property
+    def source(self) -> str:
+        return f"{self.shard}@{self.offset}"
+
+    def load(self) -> LoadedImage:
+        try:
+            with open(self.shard, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(self.size)
+        except OSError as exc:
+            raise BadImageError(f"cannot read image {self.label}: {exc.strerror or exc}") from None
+        if len(data) != self.size:
+            raise BadImageError(f"cannot read image {self.label}: the shard is truncated")
+        return LoadedImage(decode_rgb(data, self.label), content_key(data), self.label)
 
 
-def list_manifest_images(manifest: Path) -> list[ImageSource]:
-    """Read the 'image' field of each JSONL line; paths are relative to the manifest."""
-    sources: list[ImageSource] = []
-    seen: set[str] = set()
-    with open(manifest, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInputError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-                raise BadInputError(f"{where}: a manifest line needs an 'image' field with a path")
-            path = Path(row["image"])
-            full = path if path.is_absolute() else manifest.parent / path
-            key = image_key(path if not path.is_absolute() else full, manifest.parent)
-            if key not in seen:
-                seen.add(key)
-                sources.append(ImageSource(key, full, where))
-    if not sources:
-        raise BadInputError(f"manifest {manifest} lists no images")
-    return sources
+@dataclass(frozen=True, eq=False)
+class ImagePixels(ImageRef):
+    """Pixels a caller already holds (a PIL image, an array): no file, so no content key."""
+
+    pixels: np.ndarray
+    name: str = ""
+    where: str = ""
+
+    def load(self) -> LoadedImage:
+        return LoadedImage(self.pixels, None, self.label)
+
+
+def decode_rgb(data: bytes, where: str) -> np.ndarray:
+    """Decode image file bytes as H×W×3 uint8 RGB, or raise BadImageError naming ``where``."""
+    return read_rgb(io.BytesIO(data), where)
 
 
 def read_rgb(path: str | Path | BinaryIO, where: str = "") -> np.ndarray:
@@ -112,7 +146,9 @@ def read_rgb(path: str | Path | BinaryIO, where: str = "") -> np.ndarray:
             rgb = image.convert("RGB")
     except FileNotFoundError:
         raise BadImageError(f"image not found: {name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise BadImageError(f"cannot read image {name}: not an image file Pillow can decode") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"cannot read image {name}: {exc}") from None
     array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:

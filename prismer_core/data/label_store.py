@@ -1,11 +1,17 @@
 """The label store: expert outputs written once by `prismer label`, read back by training.
 
-Layout (format 1)::
+Layout (format 2)::
 
     STORE/
       store.json                 which experts (name, version, kind, channels, plugin, settings)
-      <expert>/<image key>.npz   one file per expert and image
-      previews/<expert>/<image key>.png   optional pictures (--visualize)
+      images.jsonl               for people: each image key and where it was labelled from
+      <expert>/<k[:2]>/<key>.npz one file per expert and image
+      previews/<expert>/<k[:2]>/<key>.png   optional pictures (--visualize)
+
+An image's key is the SHA-256 of its file's bytes (:func:`prismer_core.data.images.content_key`),
+so the same file finds its labels however it is named or reached: a folder labelled as
+``photos/`` serves a manifest that names the files ``images/train/…``. Format 1 stores, keyed
+by relative path, are refused with the command that makes a new one.
 
 Dense files hold ``map`` (float16, H×W×C in [-1, 1]). Semantic files hold ``labels``
 (int32, H×W, 0 = background, k = ``names[k-1]``), ``names`` (unicode array) and, when the
@@ -28,9 +34,11 @@ from ..atomic import write_bytes_atomic, write_json_atomic
 from ..errors import PrismerError
 from ..experts.contract import DenseMap, ExpertOutput, ExpertSpec, SemanticMap
 from ..experts.settings import describe_settings, settings_record
+from .images import content_key
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "store.json"
+INDEX = "images.jsonl"
 #: A temporary file older than this was left by a killed run (a live write takes milliseconds).
 STALE_TEMP_SECONDS = 300
 
@@ -54,6 +62,12 @@ class LabelStore:
             meta = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise LabelStoreError(f"label store {self.root}: unreadable {MANIFEST} ({exc})") from None
+        if meta.get("format") == 1:
+            raise LabelStoreError(
+                f"label store {self.root} was written by an older prismer (format 1, keyed by file path, which "
+                f"breaks when the same image is reached by another path): label the images again into a new "
+                f"folder, e.g. prismer label IMAGES --experts {','.join(meta.get('experts', {})) or 'NAMES'} --out NEW_FOLDER"
+            )
         if meta.get("format") != FORMAT:
             raise LabelStoreError(f"label store {self.root}: format {meta.get('format')!r}, expected {FORMAT}")
         return meta
@@ -73,13 +87,11 @@ class LabelStore:
         recorded = meta.setdefault("experts", {})
         for name, spec in specs.items():
             entry = {
-                "version": spec.version,
-                "kind": spec.kind.value,
-                "channels": spec.channels,
-                "has_instances": spec.has_instances,
+                **spec.record(),
                 "plugin": plugins.get(name, ""),
                 "settings": settings_record((settings or {}).get(name, {})),
             }
+            entry.pop("name")
             old = recorded.get(name)
             if old is not None and old.get("version") != spec.version:
                 raise LabelStoreError(
@@ -138,10 +150,33 @@ class LabelStore:
 
     # -- files ---------------------------------------------------------------------------
     def path(self, expert: str, key: str) -> Path:
-        return self.root / expert / f"{key}.npz"
+        return self.root / expert / key[:2] / f"{key}.npz"
 
     def preview_path(self, expert: str, key: str) -> Path:
-        return self.root / "previews" / expert / f"{key}.png"
+        return self.root / "previews" / expert / key[:2] / f"{key}.png"
+
+    def note_image(self, key: str, where: str) -> None:
+        """Record for people where the image of ``key`` was labelled from (one JSON line,
+        appended in one write, so processes labelling shards of one store do not interleave)."""
+        line = json.dumps({"key": key, "image": where}) + "\n"
+        with open(self.root / INDEX, "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+    def images(self) -> dict[str, list[str]]:
+        """``{key: [where it was labelled from, ...]}`` from the index (a line cut by a kill is skipped)."""
+        found: dict[str, list[str]] = {}
+        path = self.root / INDEX
+        for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found.setdefault(record["key"], []).append(record["image"])
+        return found
+
+    def read_file(self, expert: str, image: str | Path) -> ExpertOutput:
+        """The labels of the image file at ``image``, found by its content."""
+        return self.read(expert, content_key(Path(image).read_bytes()))
 
     def has(self, expert: str, key: str) -> bool:
         return self.path(expert, key).exists()
@@ -163,7 +198,8 @@ class LabelStore:
         write_bytes_atomic(target, buffer.getvalue())
         return target
 
-    def read(self, expert: str, key: str) -> ExpertOutput:
+    def read(self, expert: str, key: str, where: str = "") -> ExpertOutput:
+        """The labels ``expert`` wrote for the image of ``key`` (``where`` names it in errors)."""
         path = self.path(expert, key)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -172,6 +208,9 @@ class LabelStore:
                 instances = data["instances"] if "instances" in data else None
                 return SemanticMap(data["labels"], [str(n) for n in data["names"]], instances)
         except FileNotFoundError:
-            raise LabelStoreError(f"label store {self.root} has no '{expert}' labels for image {key}") from None
+            raise LabelStoreError(
+                f"label store {self.root} has no '{expert}' labels for image {where or key}: "
+                "label it into this store first (prismer label)"
+            ) from None
         except (OSError, ValueError, KeyError) as exc:
             raise LabelStoreError(f"label store file {path} is unreadable: {exc}") from None

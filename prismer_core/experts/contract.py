@@ -98,16 +98,37 @@ class ExpertSpec:
     def is_semantic(self) -> bool:
         return ExpertKind(self.kind) is ExpertKind.SEMANTIC
 
-    def to_dict(self) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
+        """What label stores, checkpoints and run records keep of an expert: what its maps and
+        its stem depend on."""
         return {
             "name": self.name,
             "version": self.version,
             "kind": ExpertKind(self.kind).value,
             "channels": self.channels,
+            "has_instances": self.has_instances,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "ExpertSpec":
+        """The parts of a spec a :meth:`record` keeps (enough to rebuild the expert's stem)."""
+        kind = ExpertKind(record["kind"])
+        return cls(
+            name=record["name"],
+            version=record["version"],
+            kind=kind,
+            channels=int(record["channels"]),
+            has_instances=bool(record["has_instances"]),
+            open_vocabulary=kind is ExpertKind.SEMANTIC,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the expert declares, for `prismer experts info` and JSON listings."""
+        return {
+            **self.record(),
             "description": self.description,
             "vocabulary_size": len(self.vocabulary),
             "open_vocabulary": self.open_vocabulary,
-            "has_instances": self.has_instances,
             "needs_weights": self.needs_weights,
             "devices": list(self.devices),
             "depends_on": list(self.depends_on),

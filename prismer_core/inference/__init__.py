@@ -8,30 +8,27 @@
     predictor.classify(images, ["cat", "dog"])          # "A photo of a {}." ranked
     evaluate(predictor, "test.jsonl", "vqa").write("report.json")
 
-Modules: inputs (images to batches), predictor, evaluation (`prismer eval`), demo
-(the table of `prismer demo`), progress.
+Modules: inputs (what users pass as images), predictor, evaluation (`prismer eval`).
 """
 
-from .demo import evaluate_demo
-from .evaluation import TASKS, EvalReport, evaluate, metrics_of, metrics_table, read_candidates, report_table, read_classification_rows
-from .inputs import ImageInput, ImageLike, as_inputs
-from .predictor import DEFAULT_TEMPLATE, Predictor, Ranking, resolve_checkpoint
+from ..checkpoint import resolve_checkpoint
+from .evaluation import EVAL_TASKS, EvalReport, evaluate, metrics_of, metrics_table, read_candidates, report_table
+from .inputs import ImageLike, as_inputs
+from .predictor import DEFAULT_TEMPLATE, INFERENCE_DTYPES, Predictor, Ranking
 
 __all__ = [
     "DEFAULT_TEMPLATE",
-    "TASKS",
+    "EVAL_TASKS",
     "EvalReport",
-    "ImageInput",
+    "INFERENCE_DTYPES",
     "ImageLike",
     "Predictor",
     "Ranking",
     "as_inputs",
     "evaluate",
-    "evaluate_demo",
     "metrics_of",
     "metrics_table",
     "read_candidates",
-    "read_classification_rows",
     "report_table",
     "resolve_checkpoint",
 ]

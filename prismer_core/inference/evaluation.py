@@ -26,14 +26,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ..atomic import write_json_atomic
-from ..data.images import image_key
-from ..data.manifest import BadRowError, ManifestError, Sample, load_data
+from ..data.manifest import Sample, load_data, read_classification_rows
 from ..errors import PrismerError
 from ..metrics import caption_scores, mean_vqa_accuracy, top1_accuracy, vqa_accuracy
+from ..progress import progress_bar
 from .predictor import DEFAULT_TEMPLATE, Predictor
-from .progress import progress_bar
 
-TASKS = ("caption", "vqa", "classify")
+#: What `prismer eval` scores (training's tasks plus classification by ranking).
+EVAL_TASKS = ("caption", "vqa", "classify")
 #: The numbers the tables show first, per task.
 HEADLINE = {"caption": ("CIDEr", "BLEU-4"), "vqa": ("VQA accuracy",), "classify": ("top-1 accuracy",)}
 
@@ -73,26 +73,29 @@ def evaluate(
     max_new_tokens: int | None = None,
     batch_size: int = 8,
     limit: int | None = None,
+    image_root: str | Path | None = None,
     console: Console | None = None,
     show_progress: bool = True,
 ) -> EvalReport:
-    """Evaluate ``predictor`` on the manifest ``data`` for ``task`` (see the module docstring).
+    """Evaluate ``predictor`` on ``data`` (any format :mod:`prismer_core.data.manifest` reads)
+    for ``task`` (see the module docstring).
 
     ``answers``: candidate answers for VQA by ranking (None: open-ended). ``limit``: only the
-    first N images (caption, classify) or questions (vqa).
+    first N images (caption, classify) or questions (vqa). ``image_root``: where the images
+    of ``data`` lie (default: beside it).
     """
-    if task not in TASKS:
-        raise PrismerError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task not in EVAL_TASKS:
+        raise PrismerError(f"--task must be one of {', '.join(EVAL_TASKS)}, got {task!r}")
     if limit is not None and limit < 1:
         raise PrismerError("--limit must be at least 1")
     settings: dict[str, Any] = {"batch_size": batch_size, "precision": str(predictor.dtype).removeprefix("torch.")}
     run = _Run(predictor, settings, batch_size, {"console": console, "enabled": show_progress})
     if task == "caption":
-        predictions = _captions(run, data, limit, num_beams, max_new_tokens or 20)
+        predictions = _captions(run, data, limit, num_beams, max_new_tokens or 20, image_root)
     elif task == "vqa":
-        predictions = _answers(run, data, limit, answers, prefilter_k, num_beams, max_new_tokens or 10)
+        predictions = _answers(run, data, limit, answers, prefilter_k, num_beams, max_new_tokens or 10, image_root)
     else:
-        predictions = _classes(run, data, limit, classes, template)
+        predictions = _classes(run, data, limit, classes, template, image_root)
     return EvalReport(task, str(predictor.checkpoint), str(data), metrics_of(task, predictions), predictions, settings)
 
 
@@ -106,20 +109,21 @@ class _Run:
     bar: dict[str, Any]
 
 
-def _captions(run: _Run, data: str | Path, limit: int | None, num_beams: int, max_new_tokens: int) -> list[dict[str, Any]]:
-    images, references = _caption_references(data, limit)
+def _captions(run: _Run, data: str | Path, limit: int | None, num_beams: int, max_new_tokens: int,
+              image_root: str | Path | None) -> list[dict[str, Any]]:
+    images, references = _caption_references(data, limit, image_root)
     run.settings.update(num_beams=num_beams, max_new_tokens=max_new_tokens, prompt=run.predictor.caption_prompt)
     with progress_bar("captioning", len(images), **run.bar) as advance:
         captions = run.predictor.caption(images, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                          batch_size=run.batch_size, progress=advance)
-    return [{"image": s.key, "prediction": c, "references": references[s.key]} for s, c in zip(images, captions)]
+    return [{"image": s.name, "prediction": c, "references": references[s.name]} for s, c in zip(images, captions)]
 
 
 def _answers(
     run: _Run, data: str | Path, limit: int | None, candidates: Sequence[str] | None, prefilter_k: int | None,
-    num_beams: int, max_new_tokens: int,
+    num_beams: int, max_new_tokens: int, image_root: str | Path | None,
 ) -> list[dict[str, Any]]:
-    samples = load_data(data, ("vqa",)).samples[:limit]
+    samples = load_data(data, ("vqa",), image_root=image_root).samples[:limit]
     questions = [s.question for s in samples]
     with progress_bar("answering", len(samples), **run.bar) as advance:
         if candidates is None:
@@ -132,15 +136,16 @@ def _answers(
                                           batch_size=run.batch_size, progress=advance)
             said = [r.answer for r in rankings]
     return [
-        {"image": s.key, "question": s.question, "prediction": a, "answers": list(s.answers),
+        {"image": s.name, "question": s.question, "prediction": a, "answers": list(s.answers),
          "accuracy": vqa_accuracy(a, s.answers), **({"type": s.question_type} if s.question_type else {})}
         for s, a in zip(samples, said)
     ]
 
 
-def _classes(run: _Run, data: str | Path, limit: int | None, classes: Sequence[str] | None, template: str) -> list[dict[str, Any]]:
-    samples, labels = read_classification_rows(data)
-    samples, labels = samples[:limit], labels[:limit]
+def _classes(run: _Run, data: str | Path, limit: int | None, classes: Sequence[str] | None, template: str,
+             image_root: str | Path | None) -> list[dict[str, Any]]:
+    samples = read_classification_rows(data, image_root)[:limit]
+    labels = [s.label for s in samples]
     names = list(classes) if classes is not None else sorted(set(labels))
     unknown = sorted(set(labels) - set(names))
     if unknown:
@@ -148,7 +153,7 @@ def _classes(run: _Run, data: str | Path, limit: int | None, classes: Sequence[s
     run.settings.update(template=template, classes=len(names))
     with progress_bar("classifying", len(samples), **run.bar) as advance:
         rankings = run.predictor.classify(samples, names, template, batch_size=run.batch_size, progress=advance)
-    return [{"image": s.key, "prediction": r.answer, "label": label} for s, r, label in zip(samples, rankings, labels)]
+    return [{"image": s.name, "prediction": r.answer, "label": label} for s, r, label in zip(samples, rankings, labels)]
 
 
 def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -221,43 +226,12 @@ def read_candidates(path: str | Path, what: str = "answers") -> list[str]:
     return values
 
 
-def read_classification_rows(path: str | Path) -> tuple[list[Sample], list[str]]:
-    """Rows ``{"image": "img/1.png", "label": "cat"}`` of a JSONL manifest (paths relative to
-    it); a bad row stops the run naming its file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"data not found: {path}")
-    samples, labels = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadRowError(f"{where}: not valid JSON ({exc.msg})") from None
-            image, label = (row.get("image"), row.get("label")) if isinstance(row, dict) else (None, None)
-            if not (isinstance(image, str) and image and isinstance(label, str) and label.strip()):
-                raise BadRowError(f"{where}: a classification row needs 'image' (a path) and 'label' (a class name)")
-            relative = Path(image)
-            full = relative if relative.is_absolute() else path.parent / relative
-            if not full.is_file():
-                raise BadRowError(f"{where}: image not found: {full}")
-            key = image_key(full if relative.is_absolute() else relative, path.parent)
-            samples.append(Sample(key, where, "classify", full))
-            labels.append(label.strip())
-    if not samples:
-        raise ManifestError(f"{path} holds no classification rows")
-    return samples, labels
-
-
-def _caption_references(data: str | Path, limit: int | None) -> tuple[list[Sample], dict[str, list[str]]]:
+def _caption_references(data: str | Path, limit: int | None, image_root: str | Path | None) -> tuple[list[Sample], dict[str, list[str]]]:
     """One sample per image (the first caption row of it) and all captions of each image."""
     first: dict[str, Sample] = {}
     references: dict[str, list[str]] = {}
-    for sample in load_data(data, ("caption",)).samples:
-        first.setdefault(sample.key, sample)
-        references.setdefault(sample.key, []).append(sample.caption)
+    for sample in load_data(data, ("caption",), image_root=image_root).samples:
+        first.setdefault(sample.name, sample)
+        references.setdefault(sample.name, []).append(sample.caption)
     images = list(first.values())[:limit]
-    return images, {s.key: references[s.key] for s in images}
+    return images, {s.name: references[s.name] for s in images}

@@ -8,12 +8,14 @@
     predictor.classify(["a.png"], ["circle", "star"])[0].answer      # "A photo of a {}." ranked
 
 The checkpoint's experts run on the fly, or their maps are read from the label store the
-model was trained with (``labels=``); prompts are the ones training used (the run's caption
-prompt, the VQA template of :mod:`prismer_core.data.text`).
+model was trained with (``labels=``); images become model inputs through training's own
+:class:`~prismer_core.data.encoding.SampleEncoder`, and prompts go through the same
+:class:`~prismer_core.text.TextCodec` (the run's caption prompt, the VQA template).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +24,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, read_checkpoint_info
-from ..data.text import task_prompt
+from ..checkpoint import CheckpointError, CheckpointInfo, read_checkpoint_info, resolve_checkpoint
+from ..data.encoding import SampleEncoder
+from ..data.images import ImageRef
+from ..data.labels import LabelSource, LiveLabels, StoredLabels
+from ..data.transforms import PairedTransform
 from ..errors import PrismerError
-from .inputs import BatchBuilder, ImageInput, ImageLike, as_inputs
+from ..inputs import ModelInputs
+from ..model import Prismer
+from ..registry import UnknownExpertError, get_registry
+from ..semantic import LabelEncoder
+from ..text import TextCodec, TokenRows, task_prompt
+from .inputs import ImageLike, as_inputs
 
-#: Inference precisions, by the name users pass.
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Inference precisions, by the name users pass (`prismer caption --precision`).
+INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 Progress = Callable[[int], None]
 DEFAULT_TEMPLATE = "A photo of a {}."
@@ -44,21 +54,25 @@ class Ranking:
 
 
 class Predictor:
-    """A model with its experts, label encoder and prompts; build with :meth:`from_checkpoint`."""
+    """A model with its experts, sample encoder, text codec and prompts; build with :meth:`from_checkpoint`."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        builder: BatchBuilder,
+        model: Prismer,
+        encoder: SampleEncoder,
+        labels: LabelSource | None = None,
         caption_prompt: str = "",
-        image_root: str | Path | None = None,
         checkpoint: Path | None = None,
+        codec: TextCodec | None = None,
     ) -> None:
+        if encoder.experts and labels is None:
+            raise PrismerError("the model uses experts but no source of their maps was given")
         self.model = model.eval()
-        self.builder = builder
+        self.encoder = encoder
+        self.labels = labels
         self.caption_prompt = caption_prompt
-        self.image_root = image_root
         self.checkpoint = checkpoint
+        self.codec = codec or TextCodec.for_decoder(model.spec.decoder)
 
     @classmethod
     def from_checkpoint(
@@ -74,31 +88,31 @@ class Predictor:
         """Load a checkpoint folder (or a run folder: its latest checkpoint).
 
         ``labels``: a label store to read expert maps from instead of running the experts;
-        image paths are then looked up by their path relative to ``image_root`` (the folder
-        that was labelled), or by file name. ``expert_settings``: settings of experts run on
-        the fly, e.g. ``{"edge": {"low": 50}}``. ``precision``: ``fp32``, or ``bf16`` for
-        weights and activations in bfloat16: on CPUs with bf16 instructions decoding then moves
-        half the bytes and takes faster kernels (base captions 2.5x faster at 2 threads, see
+        images are found in it by their content, whatever their path (``image_root`` is no
+        longer needed and is ignored). ``expert_settings``: settings of experts run on the fly,
+        e.g. ``{"edge": {"low": 50}}``. ``precision``: ``fp32``, or ``bf16`` for weights and
+        activations in bfloat16: on CPUs with bf16 instructions decoding then moves half the
+        bytes and takes faster kernels (base captions 2.5x faster at 2 threads, see
         docs/benchmarks.md); scores differ from fp32 in the second or third digit.
         """
-        if precision not in PRECISIONS:
-            raise PrismerError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-        from ..experts.runner import ExpertRunner
-
+        if precision not in INFERENCE_DTYPES:
+            raise PrismerError(f"precision {precision!r}: choose one of {', '.join(INFERENCE_DTYPES)}")
+        if image_root is not None:
+            warnings.warn("Predictor.from_checkpoint(image_root=...) is ignored: label stores find images by content",
+                          DeprecationWarning, stacklevel=2)
         info = read_checkpoint_info(resolve_checkpoint(checkpoint))
         specs = _require_checkpoint_experts(info, live=labels is None, settings=expert_settings)
-        model = load_checkpoint(info.directory, experts=specs, device=device).to(PRECISIONS[precision])
+        model = Prismer.from_pretrained(info.directory, experts=specs, device=device).to(INFERENCE_DTYPES[precision])
         if not specs:
             source = None
         elif labels is None:
-            source = ExpertRunner(list(specs), device=device, settings=expert_settings)
+            source = LiveLabels(list(specs), device=device, settings=expert_settings)
         else:
-            from ..data.dataset import StoredLabels
-
             source = StoredLabels(labels, specs)
-        builder = BatchBuilder(model.image_size, model.image_mean, model.image_std, specs, source, _label_encoder(info))
+        encoder = SampleEncoder(PairedTransform(model.image_size, train=False), model.image_mean, model.image_std,
+                                specs, _label_encoder(info))
         prompt = str((info.extra.get("training") or {}).get("caption_prompt") or "")
-        return cls(model, builder, prompt, image_root, info.directory)
+        return cls(model, encoder, source, prompt, info.directory)
 
     @property
     def device(self) -> torch.device:
@@ -128,8 +142,10 @@ class Predictor:
         model was trained with), by beam search with the decoder's key/value cache."""
         prompt = self.caption_prompt if prompt is None else prompt
         captions: list[str] = []
-        for chunk, batch in self._batches(as_inputs(images, self.image_root), batch_size, progress):
-            captions += self.model.generate(batch, prompt, num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length)
+        for chunk, inputs in self._batches(as_inputs(images), batch_size, progress):
+            ids = self.model.generate(inputs, self.codec.prompt_batch([prompt]), end_token_id=self.codec.end_id,
+                                      num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length)
+            captions += self.codec.decode(ids)
         return captions
 
     def answer(
@@ -143,10 +159,12 @@ class Predictor:
         progress: Progress | None = None,
     ) -> list[str]:
         """Open-ended answers: generated after the training prompt of each question."""
-        inputs, prompts = self._questions(images, questions)
+        refs, prompts = self._questions(images, questions)
         answers: list[str] = []
-        for chunk, batch in self._batches(inputs, batch_size, progress):
-            answers += self.model.generate(batch, [prompts[i] for i in chunk], num_beams=num_beams, max_new_tokens=max_new_tokens)
+        for chunk, inputs in self._batches(refs, batch_size, progress):
+            ids = self.model.generate(inputs, self.codec.prompt_batch([prompts[i] for i in chunk]),
+                                      end_token_id=self.codec.end_id, num_beams=num_beams, max_new_tokens=max_new_tokens)
+            answers += self.codec.decode(ids)
         return answers
 
     def rank(
@@ -165,11 +183,11 @@ class Predictor:
         in full (the paper's prefilter for long answer lists); the others are left out of
         the ranking.
         """
-        inputs, prompts = self._questions(images, questions)
+        refs, prompts = self._questions(images, questions)
         candidates = _unique_texts(candidates, "candidate answer")
         return [
             Ranking(candidates[order[0]], tuple(candidates[i] for i in order), tuple(scores))
-            for order, scores in self._rank(inputs, prompts, candidates, prefilter_k, batch_size, progress)
+            for order, scores in self._rank(refs, prompts, candidates, prefilter_k, batch_size, progress)
         ]
 
     def classify(
@@ -187,91 +205,81 @@ class Predictor:
             raise PrismerError(f"the class template must contain one '{{}}' for the class name, got {template!r}")
         names = _unique_texts(class_names, "class name")
         sentences = [template.format(name) for name in names]
-        inputs = as_inputs(images, self.image_root)
-        prompts = [self.caption_prompt] * len(inputs)
+        refs = as_inputs(images)
+        prompts = [self.caption_prompt] * len(refs)
         return [
             Ranking(names[order[0]], tuple(names[i] for i in order), tuple(scores))
-            for order, scores in self._rank(inputs, prompts, sentences, None, batch_size, progress)
+            for order, scores in self._rank(refs, prompts, sentences, None, batch_size, progress)
         ]
 
-    # -- helpers -----------------------------------------------------------------------------
-    def _questions(self, images: ImageLike | Sequence[ImageLike], questions: str | Sequence[str]) -> tuple[list[ImageInput], list[str]]:
-        inputs = as_inputs(images, self.image_root)
-        questions = [questions] * len(inputs) if isinstance(questions, str) else list(questions)
-        if len(questions) != len(inputs):
-            raise PrismerError(f"got {len(questions)} questions for {len(inputs)} images")
-        return inputs, [task_prompt("vqa", question=q.strip()) for q in questions]
+    def inputs(self, images: ImageLike | Sequence[ImageLike]) -> ModelInputs:
+        """The model input of ``images`` on the model's device and precision: their expert maps
+        (run or read), then training's eval-mode encoding."""
+        refs = as_inputs(images)
+        loaded = [ref.load() for ref in refs]
+        maps = self.labels(loaded) if self.labels is not None else [{} for _ in loaded]
+        parts = [self.encoder(image.pixels, outputs)[0] for image, outputs in zip(loaded, maps)]
+        return ModelInputs.concat(parts).to(self.device, self.dtype)
 
-    def _batches(self, inputs: list[ImageInput], batch_size: int, progress: Progress | None) -> Iterator[tuple[range, dict]]:
+    # -- helpers -----------------------------------------------------------------------------
+    def _questions(self, images: ImageLike | Sequence[ImageLike], questions: str | Sequence[str]) -> tuple[list[ImageRef], list[str]]:
+        refs = as_inputs(images)
+        questions = [questions] * len(refs) if isinstance(questions, str) else list(questions)
+        if len(questions) != len(refs):
+            raise PrismerError(f"got {len(questions)} questions for {len(refs)} images")
+        return refs, [task_prompt("vqa", question=q) for q in questions]
+
+    def _batches(self, refs: list[ImageRef], batch_size: int, progress: Progress | None) -> Iterator[tuple[range, ModelInputs]]:
         if batch_size < 1:
             raise PrismerError("batch size must be at least 1")
-        for start in range(0, len(inputs), batch_size):
-            chunk = range(start, min(start + batch_size, len(inputs)))
-            yield chunk, self.builder([inputs[i] for i in chunk], self.device, self.dtype)
+        for start in range(0, len(refs), batch_size):
+            chunk = range(start, min(start + batch_size, len(refs)))
+            yield chunk, self.inputs([refs[i] for i in chunk])
             if progress is not None:
                 progress(len(chunk))
 
     @torch.no_grad()
     def _rank(
-        self, inputs: list[ImageInput], prompts: list[str], candidates: list[str],
+        self, refs: list[ImageRef], prompts: list[str], candidates: list[str],
         prefilter_k: int | None, batch_size: int, progress: Progress | None,
     ) -> list[tuple[list[int], list[float]]]:
         """Per image: candidate indices best first, and their scores."""
         if prefilter_k is not None and prefilter_k < 1:
             raise PrismerError(f"the prefilter keeps at least one candidate, got k={prefilter_k}")
-        first_tokens = self._first_tokens(candidates) if prefilter_k is not None else None
+        rows = self.codec.candidate_batch(prompts, candidates)
         results = []
-        for chunk, batch in self._batches(inputs, batch_size, progress):
-            chunk_prompts = [prompts[i] for i in chunk]
-            if first_tokens is None:
-                for row in self.model.score(batch, chunk_prompts, candidates):
+        for chunk, inputs in self._batches(refs, batch_size, progress):
+            chunk_prompts = self.codec.prompt_batch([prompts[i] for i in chunk])
+            if prefilter_k is None:
+                for row in self.model.score(inputs, chunk_prompts, rows):
                     results.append(_best_first(list(range(len(candidates))), row))
                 continue
-            first = self._first_token_log_probs(batch, chunk_prompts)[:, first_tokens]  # [b, C]
-            for b, prompt in enumerate(chunk_prompts):
-                keep = torch.sort(first[b], descending=True, stable=True).indices[:prefilter_k].tolist()
-                single = _select(batch, b)
-                scores = self.model.score(single, prompt, [candidates[i] for i in keep])[0]
-                results.append(_best_first(keep, scores))
+            first = self._first_token_log_probs(inputs, chunk_prompts)
+            first = first[:, rows.ids[:, 0].to(first.device)]  # [b, C]
+            for b in range(len(chunk)):
+                keep = torch.sort(first[b], descending=True, stable=True).indices[:prefilter_k].cpu()
+                one_prompt = TokenRows(chunk_prompts.ids[b : b + 1], chunk_prompts.valid[b : b + 1])
+                kept = TokenRows(rows.ids[keep], rows.valid[keep])
+                scores = self.model.score(inputs.select(b), one_prompt, kept)[0]
+                results.append(_best_first(keep.tolist(), scores))
         return results
 
-    def _first_tokens(self, candidates: list[str]) -> torch.Tensor:
-        """The first token of each candidate, tokenised exactly as ``model.score`` does."""
-        ids, _ = self.model._candidate_ids(candidates, self.device)
-        return ids[:, 0]
-
-    def _first_token_log_probs(self, batch: dict, prompts: list[str]) -> torch.Tensor:
+    def _first_token_log_probs(self, inputs: ModelInputs, prompts: TokenRows) -> torch.Tensor:
         """log p(next token | image, prompt) [B, V] at the end of each (left-padded) prompt."""
-        ids, valid = self.model._prompt_ids(prompts, len(prompts))
-        logits = self.model(batch, ids, valid).logits[:, -1]
+        prompts = prompts.to(self.device)
+        logits = self.model(inputs, prompts.ids, prompts.valid).logits[:, -1]
         return F.log_softmax(logits.float(), dim=-1)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or the latest complete checkpoint of a run folder."""
-    path = Path(path)
-    if (path / "prismer.json").is_file() or not (path / "checkpoints").is_dir():
-        return path  # read_checkpoint_info says what is wrong with a non-checkpoint
-    from ..train.run_dir import RunDir
-
-    latest = RunDir(path).latest()
-    if latest is None:
-        raise CheckpointError(f"run folder {path} has no finished checkpoint yet (no checkpoints/latest.json)")
-    return latest[1]
 
 
 def _require_checkpoint_experts(info: CheckpointInfo, live: bool, settings: Mapping[str, Mapping[str, Any]] | None) -> dict:
     """The installed specs of the checkpoint's experts; if one is missing or not ready, say
     which and what to do (the registry's reasons), before loading any weights."""
-    from ..registry import UnknownExpertError
-    from ..train.experts import require_experts
-
     names = list(info.experts)
     if not names:
         return {}
     trained = ", ".join(f"{n} {e.version}" for n, e in info.experts.items())
     try:
-        return require_experts(names, live=live, settings=settings)
+        return get_registry().require(names, live=live, settings=settings)
     except UnknownExpertError as exc:
         raise CheckpointError(
             f"checkpoint {info.directory} was trained with the experts {trained}, but '{exc.name}' is not installed: "
@@ -286,8 +294,6 @@ def _label_encoder(info: CheckpointInfo):
     semantic = [name for name, spec in info.experts.items() if spec.is_semantic]
     if not semantic:
         return None
-    from ..semantic import LabelEncoder
-
     path = info.label_encoder_file
     if path is None or not path.is_file():
         raise CheckpointError(
@@ -321,13 +327,3 @@ def _unique_texts(texts: Sequence[str], what: str) -> list[str]:
 def _best_first(indices: list[int], scores: torch.Tensor) -> tuple[list[int], list[float]]:
     order = torch.sort(scores, descending=True, stable=True).indices.tolist()
     return [indices[i] for i in order], [float(scores[i]) for i in order]
-
-
-def _select(batch: dict, row: int) -> dict:
-    """One image's part of a batch, keeping the batch dimension."""
-    pick = slice(row, row + 1)
-    return {
-        "rgb": batch["rgb"][pick],
-        "experts": {n: t[pick] for n, t in batch["experts"].items()},
-        "instances": {n: t[pick] for n, t in batch["instances"].items()},
-    }

@@ -1,10 +1,11 @@
 """Prismer: the vision encoder over RGB and experts, the language decoder, and what users call.
 
-``build_model(spec, experts)`` makes one; ``model(batch, input_ids, attention_mask, labels)``
-gives the caption loss; ``generate`` writes captions/answers (greedy or beam search, with a
-key/value cache); ``score`` gives the log-likelihood of candidate answers; and
-``parameter_report`` counts parameters per part. With no experts it is PrismerZ: RGB only,
-no resampler.
+``build_model(spec, experts)`` makes one; ``model(inputs, input_ids, attention_mask, labels)``
+gives the caption loss; ``generate`` continues prompt ids (greedy or beam search, with a
+key/value cache); ``score`` gives the log-likelihood of candidate continuations; and
+``parameter_report`` counts parameters per part. The model reads
+:class:`~prismer_core.inputs.ModelInputs` and token ids only: text is tokenised and decoded by
+:mod:`prismer_core.text`. With no experts it is PrismerZ: RGB only, no resampler.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checkpoint
 from ..errors import PrismerError
 from ..experts.contract import ExpertSpec
-from ..specs import PART_NAMES, DecoderSpec, ModelSpec, load_spec, resolve_source, source_error
+from ..inputs import ModelInputs
+from ..specs import PART_NAMES, ModelSpec, load_spec
+from ..text import TokenRows
 from .decoder import DecoderCache, TextDecoder, load_pretrained_decoder
 from .generation import beam_search, greedy_search
 from .vision import VisionEncoder, load_vision_tower
@@ -73,7 +77,6 @@ class Prismer(nn.Module):
         self.decoder = TextDecoder(spec.decoder, self.encoder.width, spec.adaptor_ratio)
         #: Names of the weights that came from the backbones' sources (not saved in checkpoints).
         self.pretrained_names: frozenset[str] = frozenset()
-        self._tokenizer: Any = None
         self.apply_freezing()
 
     # -- what users read -------------------------------------------------------------------
@@ -93,30 +96,34 @@ class Prismer(nn.Module):
     def num_vision_tokens(self) -> int:
         return self.encoder.num_tokens
 
-    @property
-    def tokenizer(self) -> Any:
-        """The transformers tokenizer the spec names, loaded on first use."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.spec.decoder)
-        return self._tokenizer
-
-    @property
-    def eos_token_id(self) -> int:
-        tokenizer = self.tokenizer
-        return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, experts: Mapping[str, ExpertSpec] | None = None, device: str | torch.device = "cpu"
     ) -> "Prismer":
-        """Load a checkpoint directory written by :func:`prismer_core.checkpoint.save_checkpoint`.
+        """Rebuild the model of a checkpoint directory (backbones from their sources) and load
+        its weights, checked first (:mod:`prismer_core.checkpoint`).
 
-        ``experts`` (the run's expert specs) must be the set the checkpoint was trained with;
-        when omitted, the recorded set is used.
+        ``experts`` (the run's expert specs) must be the set the checkpoint was trained with
+        (same names, versions and shapes); when omitted, the recorded set is used.
         """
-        from ..checkpoint import load_checkpoint
+        info = checkpoint.read_checkpoint_info(directory)
+        if experts is not None:
+            checkpoint.check_same_experts(info, experts)
+        model = build_model(info.spec, experts if experts is not None else info.experts, device=device)
+        checkpoint.load_weights(model, info, set(checkpoint.saved_weight_names(model)), device)
+        return model
 
-        return load_checkpoint(directory, experts=experts, device=device)
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        label_encoder: str | None = None,
+        label_encoder_file: str | Path | None = None,
+    ) -> Path:
+        """Write a checkpoint directory atomically (see :func:`prismer_core.checkpoint.save_checkpoint`)."""
+        return checkpoint.save_checkpoint(self, directory, extra, label_encoder=label_encoder,
+                                          label_encoder_file=label_encoder_file)
 
     # -- freezing and counting ---------------------------------------------------------------
     def apply_freezing(self) -> None:
@@ -134,14 +141,14 @@ class Prismer(nn.Module):
         return {part: PartCount(total, trainable) for part, (total, trainable) in totals.items() if total}
 
     # -- running -----------------------------------------------------------------------------
-    def encode_images(self, batch: Mapping[str, Any]) -> torch.Tensor:
+    def encode_images(self, inputs: ModelInputs) -> torch.Tensor:
         """Vision tokens [B, num_vision_tokens, width] for a batch of images and expert maps."""
-        rgb, maps, instances = self._check_batch(batch)
+        rgb, maps, instances = self._check_inputs(inputs)
         return self.encoder(rgb, maps, instances)
 
     def forward(
         self,
-        batch: Mapping[str, Any],
+        inputs: ModelInputs,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -149,7 +156,7 @@ class Prismer(nn.Module):
         """Next-token logits [B, T, V]. With ``labels`` (aligned with ``input_ids``, -100 where
         ignored; shifted here): the mean cross-entropy over the predicted tokens, and the logits
         of just those positions, [N, V] in row-major order of the positions."""
-        vision = self.encode_images(batch)
+        vision = self.encode_images(inputs)
         hidden, _ = self.decoder(input_ids, self.decoder.start(vision), attention_mask)
         if labels is None:
             return PrismerOutput(loss=None, logits=self.decoder.logits(hidden))
@@ -163,29 +170,26 @@ class Prismer(nn.Module):
     @torch.inference_mode()
     def generate(
         self,
-        batch: Mapping[str, Any],
-        prompt: str | Sequence[str] | torch.Tensor = "",
+        inputs: ModelInputs,
+        prompt: TokenRows,
         *,
+        end_token_id: int,
         num_beams: int = 3,
         max_new_tokens: int = 20,
         min_length: int = 0,
         use_cache: bool = True,
-        return_ids: bool = False,
-        eos_token_id: int | None = None,
-    ) -> list[str] | list[list[int]]:
-        """Continue ``prompt`` for every image: beam search (``num_beams`` > 1) or greedy.
-
-        ``prompt`` is one text for all images, one per image, or token ids (without the end
-        token). ``min_length`` is the least number of new tokens before the end token may come.
-        Returns the new text of each image (or its token ids, end token excluded). Runs in
+    ) -> list[list[int]]:
+        """Continue ``prompt`` (one row per image, left-padded, without the end token) for every
+        image: beam search (``num_beams`` > 1) or greedy. ``min_length`` is the least number of
+        new tokens before ``end_token_id`` may come. Returns each image's new token ids (end
+        token excluded; :meth:`prismer_core.text.TextCodec.decode` makes text of them). Runs in
         eval mode; ``use_cache=False`` recomputes every step (for checking the cache only).
-        With token ids in and out and ``eos_token_id`` given, no tokenizer is needed.
         """
         if num_beams < 1 or max_new_tokens < 1:
             raise PrismerError("num_beams and max_new_tokens must be at least 1")
         with _eval_mode(self):
-            vision = self.encode_images(batch)
-            tokens, valid = self._prompt_ids(prompt, vision.shape[0])
+            vision = self.encode_images(inputs)
+            tokens, valid = self._prompt_rows(prompt, vision.shape[0])
             state = self.decoder.start(vision)
             if num_beams > 1:
                 state = state.repeat_interleave(num_beams)
@@ -199,39 +203,35 @@ class Prismer(nn.Module):
                     hidden, _ = self.decoder(tokens, DecoderCache(cross=state.cross), valid)
                 return F.log_softmax(self.decoder.logits(hidden[:, -1]).float(), dim=-1), state
 
-            eos = self.eos_token_id if eos_token_id is None else eos_token_id
-            options = dict(max_new_tokens=max_new_tokens, min_length=min_length, eos_id=eos)
+            options = dict(max_new_tokens=max_new_tokens, min_length=min_length, eos_id=end_token_id)
             if num_beams == 1:
-                ids = greedy_search(step, tokens, valid, state, **options)
-            else:
-                ids = beam_search(step, DecoderCache.reorder, tokens, valid, state, num_beams=num_beams, **options)
-        if return_ids:
-            return ids
-        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+                return greedy_search(step, tokens, valid, state, **options)
+            return beam_search(step, DecoderCache.reorder, tokens, valid, state, num_beams=num_beams, **options)
 
     @torch.no_grad()
     def score(
         self,
-        batch: Mapping[str, Any],
-        prompt: str | Sequence[str],
-        candidates: Sequence[str],
+        inputs: ModelInputs,
+        prompt: TokenRows,
+        candidates: TokenRows,
         *,
         normalize: bool = False,
     ) -> torch.Tensor:
-        """Log-likelihood [B, C] of each candidate (plus the end token) following ``prompt``.
+        """Log-likelihood [B, C] of each candidate continuation (right-padded rows, end token
+        included) following each image's ``prompt``.
 
         The prompt is run once per image with the cache; candidates are then scored in chunks
         that reuse it. ``normalize`` divides by the number of candidate tokens.
         """
-        if not candidates:
+        if not len(candidates):
             raise PrismerError("score needs at least one candidate")
         with _eval_mode(self):
-            vision = self.encode_images(batch)
+            vision = self.encode_images(inputs)
             images = vision.shape[0]
-            tokens, valid = self._prompt_ids(prompt, images)
+            tokens, valid = self._prompt_rows(prompt, images)
             hidden, prompt_cache = self.decoder(tokens, self.decoder.start(vision), valid)
             first = F.log_softmax(self.decoder.logits(hidden[:, -1]).float(), dim=-1)  # [B, V]
-            cand, cand_valid = self._candidate_ids(candidates, vision.device)
+            cand, cand_valid = candidates.ids.to(vision.device), candidates.valid.to(vision.device)
             length, vocab = cand.shape[1], first.shape[1]
             chunk = max(1, (1 << 24) // max(1, images * length * vocab))  # bound the logits' memory
             scores = []
@@ -254,63 +254,52 @@ class Prismer(nn.Module):
         return torch.cat(scores, dim=1)
 
     # -- inputs ------------------------------------------------------------------------------
-    def _check_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict, dict]:
-        rgb = batch.get("rgb")
-        size = self.image_size
+    def _check_inputs(self, inputs: ModelInputs) -> tuple[torch.Tensor, dict, dict]:
+        """The image, maps and instances, checked against what the model was built for."""
+        if not isinstance(inputs, ModelInputs):
+            raise PrismerError(f"the model reads ModelInputs (prismer_core.inputs), got {type(inputs).__name__}")
+        rgb, size = inputs.rgb, self.image_size
         if not isinstance(rgb, torch.Tensor) or rgb.ndim != 4 or tuple(rgb.shape[1:]) != (3, size, size):
             shape = tuple(rgb.shape) if isinstance(rgb, torch.Tensor) else type(rgb).__name__
-            raise PrismerError(f"batch['rgb'] must be a float tensor [B, 3, {size}, {size}], got {shape}")
+            raise PrismerError(f"inputs.rgb must be a float tensor [B, 3, {size}, {size}], got {shape}")
         dtype = self.encoder.patch_embed.weight.dtype
-        maps = dict(batch.get("experts") or {})
-        instances = dict(batch.get("instances") or {})
-        unknown = sorted(set(maps) - set(self.expert_specs))
+        unknown = sorted(set(inputs.experts) - set(self.expert_specs))
         if unknown:
             raise PrismerError(
-                f"batch has maps of experts the model was not built for: {', '.join(unknown)} "
+                f"inputs have maps of experts the model was not built for: {', '.join(unknown)} "
                 f"(model experts: {', '.join(self.expert_specs) or 'none'})"
+            )
+        missing = sorted(name for name, present in inputs.present.items() if not bool(present.all()))
+        if missing:
+            raise PrismerError(
+                f"some samples lack the maps of {', '.join(missing)}: running with missing experts is not implemented yet"
             )
         checked = {}
         for name, expert in self.expert_specs.items():
             channels = self.spec.semantic_channels if expert.is_semantic else expert.channels
-            value = maps.get(name)
+            value = inputs.experts.get(name)
             expected = (rgb.shape[0], channels, size, size)
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else "nothing"
-                raise PrismerError(f"batch['experts']['{name}'] must have shape {list(expected)}, got {got}")
+                raise PrismerError(f"inputs.experts['{name}'] must have shape {list(expected)}, got {got}")
             checked[name] = value.to(dtype)
             if expert.has_instances:
-                ids = instances.get(name)
+                ids = inputs.instances.get(name)
                 if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (rgb.shape[0], size, size):
                     got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else "nothing"
                     raise PrismerError(
-                        f"batch['instances']['{name}'] must be an integer map [{rgb.shape[0]}, {size}, {size}], got {got}"
+                        f"inputs.instances['{name}'] must be an integer map [{rgb.shape[0]}, {size}, {size}], got {got}"
                     )
-        return rgb.to(dtype), checked, instances
+        return rgb.to(dtype), checked, dict(inputs.instances)
 
-    def _prompt_ids(self, prompt: str | Sequence[str] | torch.Tensor, images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt token ids [B, T] without the end token, left-padded, and which are real."""
+    def _prompt_rows(self, prompt: TokenRows, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ids and validity on the model's device, one row per image (one row is shared)."""
         device = self.encoder.patch_embed.weight.device
-        if isinstance(prompt, torch.Tensor):
-            ids = (prompt if prompt.ndim == 2 else prompt[None].expand(images, -1)).to(device)
-            return ids, torch.ones_like(ids, dtype=torch.bool)
-        texts = [prompt] * images if isinstance(prompt, str) else list(prompt)
-        if len(texts) != images:
-            raise PrismerError(f"got {len(texts)} prompts for {images} images")
-        eos = self.eos_token_id
-        rows = [ids[:-1] if ids and ids[-1] == eos else ids for ids in self.tokenizer(texts)["input_ids"]]
-        width = max(len(ids) for ids in rows)
-        pad = self.spec.decoder.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], device=device)
-        return ids, valid
-
-    def _candidate_ids(self, candidates: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidates as continuations (' ' + text + end token), right-padded."""
-        rows = [ids + [self.eos_token_id] for ids in self.tokenizer([" " + c for c in candidates], add_special_tokens=False)["input_ids"]]
-        width = max(len(r) for r in rows)
-        pad = self.spec.decoder.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-        valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows], device=device)
+        ids, valid = prompt.ids.to(device), prompt.valid.to(device).bool()
+        if ids.shape[0] == 1 and images > 1:
+            ids, valid = ids.expand(images, -1), valid.expand(images, -1)
+        if ids.shape[0] != images:
+            raise PrismerError(f"got {ids.shape[0]} prompts for {images} images")
         return ids, valid
 
 
@@ -322,22 +311,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-def load_tokenizer(spec: DecoderSpec) -> Any:
-    """The tokenizer the spec names, checked against the decoder's vocabulary and padding id."""
-    from transformers import AutoTokenizer
-
-    source = resolve_source(spec.tokenizer)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as exc:
-        raise source_error("the tokenizer", source, exc) from None
-    if len(tokenizer) > spec.vocab_size:
-        raise PrismerError(f"tokenizer {source!r} has {len(tokenizer)} tokens but decoder.vocab_size is {spec.vocab_size}")
-    if tokenizer.pad_token_id != spec.pad_token_id:
-        raise PrismerError(f"tokenizer {source!r} pads with id {tokenizer.pad_token_id} but decoder.pad_token_id is {spec.pad_token_id}")
-    return tokenizer
 
 
 def build_model(

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import PrismerError
 from ..data.dataset import Batch
-from ..data.text import IGNORE_INDEX
+from ..text import IGNORE_INDEX
 from .config import TrainConfig
 from .distributed import Distributed
 from .state import load_training_state, read_extra, save_training_state

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_bytes_atomic, write_json_atomic
+from ..checkpoint import LATEST, CheckpointError, latest_checkpoint
 from ..errors import PrismerError
 from .plot import plot_losses
-
-LATEST = "latest.json"
 
 
 class RunDirError(PrismerError):
@@ -34,22 +33,10 @@ class RunDirError(PrismerError):
 class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def plot_path(self) -> Path:
-        return self.root / "loss.png"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        self.config_path = self.root / "run.json"
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.plot_path = self.root / "loss.png"
+        self.checkpoints = self.root / "checkpoints"
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:06d}"
@@ -69,17 +56,10 @@ class RunDir:
     # -- checkpoints -----------------------------------------------------------------------
     def latest(self) -> tuple[int, Path] | None:
         """(step, folder) of the newest complete checkpoint, or None."""
-        path = self.checkpoints / LATEST
-        if not path.exists():
-            return None
         try:
-            record = json.loads(path.read_text())
-            step, folder = int(record["step"]), self.checkpoints / record["folder"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RunDirError(f"{path} is unreadable: {exc}") from None
-        if not folder.is_dir():
-            raise RunDirError(f"{path} names {folder}, which does not exist")
-        return step, folder
+            return latest_checkpoint(self.checkpoints)
+        except CheckpointError as exc:
+            raise RunDirError(str(exc)) from None
 
     def mark_latest(self, step: int, folder: Path, keep: int) -> None:
         """Point latest.json at ``folder``; then delete all but the ``keep`` newest checkpoints."""

@@ -19,16 +19,23 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..data.dataset import Batch, Collator, DataProblem, LabelSource, LiveLabels, StoredLabels, TrainingData
-from ..data.manifest import BadRowError, Dataset, load_data
+from ..checkpoint import read_checkpoint_info
+from ..data.dataset import Batch, Collator, DataProblem, TrainingData
+from ..data.encoding import SampleEncoder
+from ..data.labels import LabelSource, LiveLabels, StoredLabels
+from ..data.manifest import BadRowError, SampleSet, load_data
 from ..data.transforms import PairedTransform
 from ..errors import PrismerError
+from ..model import Prismer, build_model
+from ..progress import make_progress
+from ..registry import get_registry
+from ..semantic import LabelEncoder, load_label_encoder
+from ..specs import load_spec
+from ..text import TextCodec
 from .config import TrainConfig
 from .distributed import Distributed, choose_engine, setup_distributed
 from .engine import Engine, make_engine
-from .experts import require_experts
 from .run_dir import RunDir, RunDirError
 from .sampler import EvalSampler, StepSampler
 from .state import restore_rng, save_rng
@@ -99,11 +106,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
 
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
-    from ..model import Prismer, build_model
-    from ..specs import load_spec
-
     live = config.labels is None
-    specs = require_experts(config.experts, live=live, settings=config.expert_settings)
+    specs = get_registry().require(config.experts, live=live, settings=config.expert_settings)
     labels = _label_source(config, specs)
     data = load_data(config.data, config.tasks, config.on_bad_row)
     val = load_data(config.val_data, config.tasks, config.on_bad_row) if config.val_data else None
@@ -135,11 +139,10 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
             encoder.save(run.root / LABEL_ENCODER_FILE)
 
     model = engine.model
-    train_set = TrainingData(
-        data.samples, PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
-        model.image_mean, model.image_std, specs, labels, encoder, config.caption_prompt,
-    )
-    collate = Collator(model.tokenizer, config.max_text_length)
+    sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
+                                   model.image_mean, model.image_std, specs, encoder)
+    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt)
+    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
                           start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
@@ -174,7 +177,7 @@ class _Loop:
             restore_rng(resume_from)
         window_start, window_images = time.perf_counter(), 0
         started, images_total = time.perf_counter(), 0
-        with _progress(self.console, show_progress) as progress:
+        with make_progress(self.console, show_progress, "loss {task.fields[loss]}", "{task.fields[speed]} img/s") as progress:
             task = progress.add_task("training", total=config.max_steps, completed=self.step, loss="-", speed="-")
             while self.step < config.max_steps:
                 batch = next(batches)
@@ -253,8 +256,6 @@ class _Loop:
         """Write checkpoints/step-N (model + training state) and point latest.json at it."""
         if self.step == self.saved_step or self.step == 0:
             return
-        from ..checkpoint import save_checkpoint
-
         folder = self.run_dir.checkpoint_path(self.step)
         partial = folder.parent / f".{folder.name}.trainer.partial"
         extra = {"training": {"step": self.step, "tasks": self.config.tasks, "caption_prompt": self.config.caption_prompt,
@@ -264,8 +265,8 @@ class _Loop:
             if folder.exists():
                 shutil.rmtree(folder)
             encoder_file = self.run_dir.root / LABEL_ENCODER_FILE
-            save_checkpoint(
-                self.engine.model, folder, extra,
+            self.engine.model.save_pretrained(
+                folder, extra,
                 label_encoder=self.encoder.identity if self.encoder is not None else None,
                 label_encoder_file=encoder_file if self.encoder is not None else None,
             )
@@ -288,16 +289,13 @@ class _Loop:
 class _Evaluator:
     """Validation loss per task on the first ``eval_samples`` samples of each task."""
 
-    def __init__(self, val: Dataset, config: TrainConfig, train_set: TrainingData, collate: Collator, engine: Engine, ctx: Distributed) -> None:
+    def __init__(self, val: SampleSet, config: TrainConfig, train_set: TrainingData, collate: Collator, engine: Engine, ctx: Distributed) -> None:
         self.loaders = {}
         for task in config.tasks:
             samples = [s for s in val.samples if s.task == task]
             if not samples:
                 continue
-            data = TrainingData(
-                samples, PairedTransform(train_set.transform.size, train=False), train_set.mean, train_set.std,
-                train_set.expert_specs, train_set.labels, train_set.label_encoder, train_set.caption_prompt,
-            )
+            data = TrainingData(samples, train_set.encoder.for_evaluation(), train_set.labels, train_set.caption_prompt)
             sampler = EvalSampler(len(samples), config.batch_size, ctx.rank, ctx.world_size, config.eval_samples)
             self.loaders[task] = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=0)
         self.engine, self.ctx = engine, ctx
@@ -366,7 +364,7 @@ def _write_run_record(
         "config": config.to_dict(),
         "spec": model.spec.to_dict(),
         "experts": {
-            name: {"version": s.version, "kind": s.kind.value, "channels": s.channels, "settings": labels.settings_of(name)}
+            name: {**{k: v for k, v in s.record().items() if k != "name"}, "settings": labels.settings_of(name)}
             for name, s in specs.items()
         },
         "label_encoder": encoder.identity if encoder is not None else None,
@@ -383,9 +381,6 @@ def _label_encoder(specs: dict, checkpoint: Path | None):
     the maps keep meaning what they meant."""
     if not any(spec.is_semantic for spec in specs.values()):
         return None
-    from ..checkpoint import read_checkpoint_info
-    from ..semantic import LabelEncoder, load_label_encoder
-
     if checkpoint is not None:
         saved = read_checkpoint_info(checkpoint).label_encoder_file
         if saved is not None and saved.is_file():
@@ -393,7 +388,7 @@ def _label_encoder(specs: dict, checkpoint: Path | None):
     return load_label_encoder()
 
 
-def _report_rows(console: Console, data: Dataset, val: Dataset | None) -> None:
+def _report_rows(console: Console, data: SampleSet, val: SampleSet | None) -> None:
     for name, dataset in (("training", data), ("validation", val)):
         if dataset is None:
             continue
@@ -401,18 +396,3 @@ def _report_rows(console: Console, data: Dataset, val: Dataset | None) -> None:
         console.print(f"{name} data: {counts} samples from {', '.join(dataset.sources)}")
         if dataset.bad_rows:
             console.print(f"[yellow]skipped {len(dataset.bad_rows)} bad rows[/yellow], the first: {dataset.bad_rows[0]}")
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[speed]} img/s"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )

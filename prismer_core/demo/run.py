@@ -1,6 +1,6 @@
 """`prismer demo`: the main job on the built-in offline default, start to end.
 
-1. generate the demo scenes (:mod:`prismer_core.data.demo`) under ``OUT/data``;
+1. generate the demo scenes (:mod:`prismer_core.demo.scenes`) under ``OUT/data``;
 2. label every split with the ``edge`` and ``ocr`` experts into the label store ``OUT/labels``;
 3. train the tiny spec twice on the same data and schedule: with ``edge,ocr``, and as
    PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``;
@@ -19,9 +19,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import TrainConfig
-from .run_dir import RunDir
-from .trainer import TrainResult, train
+from ..train import TrainConfig, TrainResult, train
+from ..train.run_dir import RunDir
+from .evaluation import evaluate_demo as evaluate_runs
+from .scenes import generate_demo
 
 #: The two runs compared: a name and its experts.
 RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("experts", ("edge", "ocr")), ("rgb", ()))
@@ -87,7 +88,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
     """Generate, label, train twice, evaluate; prints progress and the results table."""
     import time
 
-    from ..data.demo import generate_demo
     from ..labeling import label_images
 
     settings = settings or DemoSettings()
@@ -126,7 +126,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
         console.print(f"{name}: checkpoint {result.checkpoint}; loss curves {result.plot}")
     console.rule("5/5 evaluation on the test split")
     start = time.perf_counter()
-    report.evaluation = evaluate_demo(report, data / "test.jsonl", labels, console)
+    report.evaluation = evaluate_trained(report, data / "test.jsonl", labels, console)
     report.seconds["evaluation"] = time.perf_counter() - start
     console.print("time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report.seconds.items()))
     return report
@@ -151,11 +151,9 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def evaluate_demo(report: DemoReport, test_manifest: Path, labels: Path, console: Console) -> dict[str, dict[str, float]]:
+def evaluate_trained(report: DemoReport, test_manifest: Path, labels: Path, console: Console) -> dict[str, dict[str, float]]:
     """The evaluation table of both runs on the test split (VQA accuracy, caption CIDEr and
-    BLEU-4), by the same code as `prismer eval` (:func:`prismer_core.inference.evaluate_demo`)."""
-    from ..inference import evaluate_demo as evaluate_runs
-
+    BLEU-4), by the same code as `prismer eval` (:func:`prismer_core.demo.evaluate_demo`)."""
     names = {"experts": "edge+ocr", "rgb": "PrismerZ"}
     runs = {names.get(name, name): result.checkpoint for name, result in report.runs.items()}
     return evaluate_runs(runs, test_manifest, report.out / "eval", labels=labels, console=console)

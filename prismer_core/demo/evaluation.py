@@ -1,8 +1,8 @@
 """The demo's evaluation table: each trained run, captions and VQA on the demo's test split.
 
-``prismer demo`` (prismer_core.train.demo) calls :func:`evaluate_demo` after training::
+``prismer demo`` (:mod:`prismer_core.demo.run`) calls :func:`evaluate_demo` after training::
 
-    from prismer_core.inference import evaluate_demo
+    from prismer_core.demo import evaluate_demo
     evaluate_demo({name: result.checkpoint for name, result in report.runs.items()},
                   data / "test.jsonl", out / "eval", labels=labels, console=console)
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .evaluation import HEADLINE, accuracy_by_type, evaluate, metrics_table
-from .predictor import Predictor
+from ..inference.evaluation import HEADLINE, accuracy_by_type, evaluate, metrics_table
+from ..inference.predictor import Predictor
 
 DEMO_TASKS = ("vqa", "caption")
 

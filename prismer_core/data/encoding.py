@@ -1,0 +1,60 @@
+"""The one place a sample becomes model input: training, evaluation and the predictor call it.
+
+An image and its expert maps go through the same crop/flip/resize
+(:class:`~prismer_core.data.transforms.PairedTransform`), semantic maps through the label
+encoder, experts with instances get an empty instance map when the expert found none, and the
+image is normalised with the model's mean and std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import PrismerError
+from ..experts.contract import ExpertOutput, ExpertSpec, SemanticMap
+from ..inputs import ModelInputs
+from .transforms import PairedTransform, normalise
+
+
+@dataclass(frozen=True)
+class SampleEncoder:
+    """Image + expert maps -> :class:`ModelInputs` of one sample (a batch of one)."""
+
+    transform: PairedTransform
+    mean: Sequence[float]
+    std: Sequence[float]
+    experts: Mapping[str, ExpertSpec]
+    label_encoder: Any = None
+
+    def __post_init__(self) -> None:
+        if any(spec.is_semantic for spec in self.experts.values()) and self.label_encoder is None:
+            raise PrismerError("semantic experts need a label encoder (prismer_core.semantic.load_label_encoder)")
+
+    def for_evaluation(self) -> "SampleEncoder":
+        """The same encoder with the deterministic transform (resize only, no flip)."""
+        return replace(self, transform=PairedTransform(self.transform.size, train=False))
+
+    def __call__(self, image: np.ndarray, maps: Mapping[str, ExpertOutput], seed: int = 0) -> tuple[ModelInputs, bool]:
+        """The sample's inputs, and whether it was flipped (its text must then swap left/right)."""
+        aligned = self.transform(image, maps, seed)
+        experts: dict[str, torch.Tensor] = dict(aligned.dense)
+        for name, labels in aligned.labels.items():
+            output = maps[name]
+            assert isinstance(output, SemanticMap)
+            encoded = self.label_encoder.encode(SemanticMap(labels.numpy(), output.names))
+            experts[name] = torch.from_numpy(encoded).permute(2, 0, 1).contiguous()
+        instances = {
+            name: aligned.instances.get(name, torch.zeros(aligned.rgb.shape[1:], dtype=torch.long))[None]
+            for name, spec in self.experts.items() if spec.has_instances
+        }
+        inputs = ModelInputs(
+            normalise(aligned.rgb, self.mean, self.std)[None],
+            {name: experts[name][None] for name in self.experts},
+            instances,
+        )
+        return inputs, aligned.flipped

@@ -1,0 +1,168 @@
+"""Text in and out of the model: task prompts, targets, candidates, the end token, padding.
+
+The one place where text becomes token ids and ids become text. Training's collator, the
+predictor's generation and ranking, and evaluation all go through a :class:`TextCodec`, so
+the prompt training teaches is the prompt inference sends, token for token
+(tests/test_text.py checks it). The network itself only sees ids.
+
+The cross-attention decoder (BERT and RoBERTa vocabularies) reads ``[BOS] prompt target
+[EOS]`` and learns ``target [EOS]``. A decoder of another kind (a decoder-only LM with a chat
+template) brings its own codec: a subclass that overrides :meth:`TextCodec.prompt_text`
+(the template around a prompt), :meth:`TextCodec.prompt_tokens` (whether a begin token
+comes first) and the special ids, registered in :data:`CODECS` under its decoder kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import PrismerError
+from .specs import DecoderSpec, resolve_source, source_error
+
+#: Label of positions the loss ignores (prompt and padding), as in transformers.
+IGNORE_INDEX = -100
+VQA_TEMPLATE = "question: {question} answer:"
+#: What a model can be trained on (evaluation adds ``classify``, scored by ranking captions).
+TRAIN_TASKS = ("caption", "vqa")
+
+
+def task_prompt(task: str, question: str = "", caption_prompt: str = "") -> str:
+    """The text the model is given: ``caption_prompt`` for captions, the question for VQA."""
+    if task == "caption":
+        return caption_prompt
+    if task == "vqa":
+        return VQA_TEMPLATE.format(question=question.strip())
+    raise PrismerError(f"unknown task {task!r}")
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """Token ids [B, T] and which of them are real (the rest is padding)."""
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "TokenRows":
+        return TokenRows(self.ids.to(device), self.valid.to(device))
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class TrainingText:
+    """A batch of ``prompt target [END]`` rows, right-padded; ``labels`` line up with
+    ``input_ids`` (HF convention, the model shifts them) and are -100 on prompt and padding."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+class TextCodec:
+    """Tokenises prompts, targets and candidates for one decoder, and decodes what it writes."""
+
+    #: The decoder kind this codec serves (see :data:`CODECS`).
+    kind: ClassVar[str] = "cross_attention"
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        begin = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if begin is None or end is None:
+            raise PrismerError(f"tokenizer {type(tokenizer).__name__} has no begin/end-of-sequence tokens")
+        #: RoBERTa's <s> </s> <pad>, or BERT's [CLS] [SEP] [PAD] (the end token pads without a pad token).
+        self.begin_id: int = begin
+        self.end_id: int = end
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+
+    @classmethod
+    def for_decoder(cls, spec: DecoderSpec) -> "TextCodec":
+        """The codec of a decoder spec, with the tokenizer it names (checked against its shapes)."""
+        codec = CODECS.get(getattr(spec, "kind", cls.kind))
+        if codec is None:
+            raise PrismerError(f"no text codec for decoder kind {getattr(spec, 'kind', '?')!r} (known: {', '.join(CODECS)})")
+        return codec(load_tokenizer(spec))
+
+    # -- the pieces of a row ---------------------------------------------------------------
+    def tokens(self, text: str) -> list[int]:
+        """``text`` as ids, no special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def prompt_text(self, prompt: str) -> str:
+        """The text a prompt becomes (a chat template would wrap it here)."""
+        return prompt
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """``[BEGIN] prompt``: what the model continues, in training and in inference."""
+        return [self.begin_id, *self.tokens(self.prompt_text(prompt))]
+
+    def continuation_tokens(self, prompt: str, target: str) -> list[int]:
+        """``target [END]`` as it follows ``prompt`` (a space between them when there is a prompt)."""
+        return [*self.tokens(f" {target}" if prompt else target), self.end_id]
+
+    # -- batches ---------------------------------------------------------------------------
+    def training_batch(self, prompts: Sequence[str], targets: Sequence[str], max_length: int = 64) -> TrainingText:
+        """Rows ``[BEGIN] prompt target [END]`` cut at ``max_length``, only the target learnt."""
+        rows: list[tuple[list[int], int]] = []
+        for prompt, target in zip(prompts, targets, strict=True):
+            head = self.prompt_tokens(prompt)
+            if len(head) >= max_length:
+                raise PrismerError(f"prompt {prompt!r} is {len(head)} tokens, not shorter than max length {max_length}")
+            rows.append(((head + self.continuation_tokens(prompt, target))[:max_length], len(head)))
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, prompt_length) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            labels[row, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
+        return TrainingText(input_ids, attention_mask, labels)
+
+    def prompt_batch(self, prompts: Sequence[str], device: torch.device | str = "cpu") -> TokenRows:
+        """Prompts as the model continues them, left-padded so that every row ends together."""
+        return self._rows([self.prompt_tokens(p) for p in prompts], device, left=True)
+
+    def candidate_batch(self, prompts: Sequence[str], candidates: Sequence[str], device: torch.device | str = "cpu") -> TokenRows:
+        """Each candidate as the continuation training teaches after these prompts, right-padded."""
+        spaced = {bool(p) for p in prompts}
+        if len(spaced) > 1:
+            raise PrismerError("candidates are scored after prompts that are all empty or all given, not a mix")
+        prompt = "x" if spaced == {True} else ""
+        return self._rows([self.continuation_tokens(prompt, c) for c in candidates], device, left=False)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids (end token excluded) as text."""
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def _rows(self, rows: list[list[int]], device: torch.device | str, left: bool) -> TokenRows:
+        width = max(len(r) for r in rows)
+        pads = [[self.pad_id] * (width - len(r)) for r in rows]
+        ids = [pad + r if left else r + pad for r, pad in zip(rows, pads)]
+        valid = [[False] * len(pad) + [True] * len(r) if left else [True] * len(r) + [False] * len(pad) for r, pad in zip(rows, pads)]
+        return TokenRows(torch.tensor(ids, device=device), torch.tensor(valid, device=device))
+
+
+#: Text codecs by decoder kind; a new decoder kind registers its own.
+CODECS: dict[str, type[TextCodec]] = {TextCodec.kind: TextCodec}
+
+
+def load_tokenizer(spec: DecoderSpec) -> Any:
+    """The tokenizer the spec names, checked against the decoder's vocabulary and padding id."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(spec.tokenizer)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise source_error("the tokenizer", source, exc) from None
+    if len(tokenizer) > spec.vocab_size:
+        raise PrismerError(f"tokenizer {source!r} has {len(tokenizer)} tokens but decoder.vocab_size is {spec.vocab_size}")
+    if tokenizer.pad_token_id != spec.pad_token_id:
+        raise PrismerError(f"tokenizer {source!r} pads with id {tokenizer.pad_token_id} but decoder.pad_token_id is {spec.pad_token_id}")
+    return tokenizer
