@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -38,3 +39,15 @@ IMAGE_ROOT: Path = typer.Option(
     help="Folder the manifest's image paths are relative to [default: the manifest's folder] "
     "(COCO and VQAv2 files usually need it: their images lie elsewhere).",
 )
+
+
+_MODEL_DEFAULT = object()
+
+
+def setting(model: type, field: str, *flags: str, default: Any = _MODEL_DEFAULT, **extra: Any) -> Any:
+    """A typer option whose default and help come from a field of a settings model (pydantic),
+    so the command line never restates them; ``default`` replaces the model's for options the
+    CLI spells differently (a comma-separated list for a list field)."""
+    info = model.model_fields[field]
+    value = info.get_default(call_default_factory=True) if default is _MODEL_DEFAULT else default
+    return typer.Option(value, *flags, help=(info.description or "").replace("[", "\\["), **extra)  # not rich markup

@@ -1,6 +1,6 @@
 """A new expert package from a template: what `prismer experts new NAME` writes.
 
-The template is a folder of files ending in ``.tmpl``; ``$expert``, ``$distribution``,
+The template is a folder of files ending in ``.tmpl``; ``$expert``, ``$expert_upper``, ``$distribution``,
 ``$module``, ``$class_name``, ``$prismer_version`` and ``$contract_version`` in their text are
 filled in (``string.Template``), and a ``__module__`` folder is renamed to the module name.
 The package appears complete or not at all: it is written to a temporary folder beside the
@@ -10,12 +10,11 @@ target, then renamed.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from string import Template
 
+from .atomic import staged_directory
 from .errors import PrismerError
 from .experts.contract import CONTRACT_VERSION, NAME_PATTERN
 
@@ -32,6 +31,7 @@ class PluginNames:
     """Every name a new expert package needs, derived from the expert name."""
 
     expert: str  # my_depth: what `prismer label --experts` takes
+    expert_upper: str  # MY_DEPTH: its environment variables, PRISMER_MY_DEPTH_KEY
     distribution: str  # prismer-my-depth: what pip installs
     module: str  # prismer_my_depth: what Python imports
     class_name: str  # MyDepthExpert
@@ -49,6 +49,7 @@ class PluginNames:
 
         return cls(
             expert=expert,
+            expert_upper=expert.upper(),
             distribution="prismer-" + expert.replace("_", "-"),
             module="prismer_" + expert,
             class_name="".join(part.title() for part in expert.split("_") if part) + "Expert",
@@ -67,14 +68,8 @@ def scaffold_plugin(expert: str, out_dir: str | os.PathLike[str], template_dir: 
     target = out_dir / names.distribution
     if target.exists():
         raise ScaffoldError(f"{target} already exists: choose another name or --out folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{names.distribution}.", dir=out_dir))
-    try:
+    with staged_directory(target) as staging:
         _render_tree(template_dir, staging, names)
-        os.rename(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return target
 
 

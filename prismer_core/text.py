@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import PrismerError
 from .specs import DecoderSpec, resolve_source, source_error
+
+if TYPE_CHECKING:
+    import torch
 
 #: Label of positions the loss ignores (prompt and padding), as in transformers.
 IGNORE_INDEX = -100
@@ -108,6 +109,8 @@ class TextCodec:
     # -- batches ---------------------------------------------------------------------------
     def training_batch(self, prompts: Sequence[str], targets: Sequence[str], max_length: int = 64) -> TrainingText:
         """Rows ``[BEGIN] prompt target [END]`` cut at ``max_length``, only the target learnt."""
+        import torch  # light to import without it: the CLI reads TRAIN_TASKS and task_prompt
+
         rows: list[tuple[list[int], int]] = []
         for prompt, target in zip(prompts, targets, strict=True):
             head = self.prompt_tokens(prompt)
@@ -141,6 +144,8 @@ class TextCodec:
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def _rows(self, rows: list[list[int]], device: torch.device | str, left: bool) -> TokenRows:
+        import torch
+
         width = max(len(r) for r in rows)
         pads = [[self.pad_id] * (width - len(r)) for r in rows]
         ids = [pad + r if left else r + pad for r, pad in zip(rows, pads)]

@@ -12,19 +12,16 @@ DPT); default ``$PRISMER_WEIGHTS_DIR/depth``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import DenseMap, ExpertKind, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertSpec, Readiness, hookimpl
 
-from ._common import BuiltinExpert, require_modules
 from ._models import find_pretrained_folder, groups_by_shape, quiet_hub_loading, to_unit_range, torch_dtype
 
 
-@dataclasses.dataclass
-class DepthOptions:
+class DepthOptions(ExpertOptions):
     """Settings of the `depth` expert (``--set depth.KEY=VALUE`` or ``PRISMER_DEPTH_KEY``)."""
 
     #: transformers depth-estimation model: local folder or cached hub id
@@ -33,7 +30,7 @@ class DepthOptions:
     half: bool = True
 
 
-class Depth(BuiltinExpert):
+class Depth(ConfigurableExpert):
     """Relative depth per pixel, 1 = nearest, -1 = farthest."""
 
     spec = ExpertSpec(
@@ -54,7 +51,7 @@ class Depth(BuiltinExpert):
         )
 
     def check(self, options: DepthOptions) -> Readiness:
-        missing = require_modules("torch", "transformers")
+        missing = Readiness.requiring("torch", "transformers")
         return missing if not missing.ready else self._model_location(options)[1]
 
     def load(self, device: str = "cpu") -> None:

@@ -13,21 +13,18 @@ were made with and refuses to mix others in, so label into a new store when swit
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import DenseMap, ExpertKind, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertSpec, Readiness, hookimpl
 
-from ._common import BuiltinExpert, require_modules
 from ._models import find_weights_file, groups_by_shape, load_state_dict, torch_dtype
 
 BACKENDS = ("canny", "hed")
 
 
-@dataclasses.dataclass
-class EdgeOptions:
+class EdgeOptions(ExpertOptions):
     """Settings of the `edge` expert (``--set edge.KEY=VALUE`` or ``PRISMER_EDGE_KEY``)."""
 
     backend: str = "canny"
@@ -48,7 +45,7 @@ class EdgeOptions:
         return None
 
 
-class Edges(BuiltinExpert):
+class Edges(ConfigurableExpert):
     """Edges in [-1, 1]: 1 on an edge, -1 elsewhere (soft values in between for HED)."""
 
     spec = ExpertSpec(
@@ -70,8 +67,8 @@ class Edges(BuiltinExpert):
 
     def check(self, options: EdgeOptions) -> Readiness:
         if options.backend == "canny":
-            return require_modules("cv2", package="opencv-python")
-        missing = require_modules("torch")
+            return Readiness.requiring("cv2", package="opencv-python")
+        missing = Readiness.requiring("torch")
         return missing if not missing.ready else self._weights(options)[1]
 
     def load(self, device: str = "cpu") -> None:

@@ -145,13 +145,13 @@ class ClipTextEmbedder(TextEmbedder):
         if not missing.ready:
             return missing
         try:
-            weights, _ = self._weights
+            weights, _ = self.weights
         except WeightsNotHere as exc:
             return Readiness.missing(exc.reason, exc.fix)
         return Readiness.ok() if weights.is_file() else Readiness.missing(f"{weights} is not a file")
 
     @cached_property
-    def _weights(self) -> tuple[Path, bool]:
+    def weights(self) -> tuple[Path, bool]:
         """(weights file, quick_gelu) found on this machine; raises WeightsNotHere otherwise."""
         import open_clip
 
@@ -193,12 +193,12 @@ class ClipTextEmbedder(TextEmbedder):
         model, pretrained = self.model_name, self.pretrained
         if model.startswith("local-dir:"):
             folder = Path(model.removeprefix("local-dir:")).expanduser()
-            return f"clip:local-dir:{file_fingerprint(folder / 'open_clip_config.json', self._weights[0])}"
+            return f"clip:local-dir:{file_fingerprint(folder / 'open_clip_config.json', self.weights[0])}"
         import open_clip
 
         if open_clip.get_pretrained_cfg(model, pretrained):
             return f"clip:{model}:{pretrained}"
-        return f"clip:{model}:{file_fingerprint(self._weights[0])}"
+        return f"clip:{model}:{file_fingerprint(self.weights[0])}"
 
     @cached_property
     def dim(self) -> int:
@@ -213,7 +213,7 @@ class ClipTextEmbedder(TextEmbedder):
     def _model(self) -> tuple[Any, Any]:
         import open_clip
 
-        weights, quick_gelu = self._weights
+        weights, quick_gelu = self.weights
         local_dir = self.model_name.startswith("local-dir:")
         model = open_clip.create_model(
             self.model_name,

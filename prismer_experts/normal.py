@@ -15,19 +15,16 @@ channel lies in [-1, 1] and a wall facing the camera is (0, 0, 1).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import DenseMap, ExpertKind, ExpertOutput, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertOutput, ExpertSpec, Readiness, hookimpl
 
-from ._common import BuiltinExpert, require_modules
 from ._models import find_pretrained_folder, groups_by_shape, quiet_hub_loading, torch_dtype, under_weights_dir
 
 
-@dataclasses.dataclass
-class NormalOptions:
+class NormalOptions(ExpertOptions):
     """Settings of the `normal` expert (``--set normal.KEY=VALUE`` or ``PRISMER_NORMAL_KEY``)."""
 
     #: Marigold normals pipeline (folder or cached hub id); unset: geometric, from `depth`
@@ -65,7 +62,7 @@ def normals_from_depth(depth: np.ndarray, relief: float = 0.5, smooth: float = 1
     return normals.astype(np.float32)
 
 
-class Normal(BuiltinExpert):
+class Normal(ConfigurableExpert):
     """Surface normals in camera space (x right, y up, z to the camera)."""
 
     spec = ExpertSpec(
@@ -91,8 +88,8 @@ class Normal(BuiltinExpert):
 
     def check(self, options: NormalOptions) -> Readiness:
         if not self.learned(options):
-            return require_modules("cv2", package="opencv-python")
-        missing = require_modules("torch", "transformers", "diffusers", extra="normal")
+            return Readiness.requiring("cv2", package="opencv-python")
+        missing = Readiness.requiring("torch", "transformers", "diffusers", extra="normal")
         return missing if not missing.ready else self._model_location(options)[1]
 
     def load(self, device: str = "cpu") -> None:

@@ -12,23 +12,20 @@ use files from ultralytics or another source you trust. Ultralytics is kept offl
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ExpertKind, ExpertSpec, Readiness, SemanticMap, hookimpl
+from prismer_core import ConfigurableExpert, ExpertKind, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl
 
-from ._common import BuiltinExpert, require_modules
 from ._models import find_weights_file
 from .vocabularies import COCO_CLASSES, class_name
 
 DEFAULT_CHECKPOINTS = tuple(f"{family}{size}.pt" for family in ("yolo11", "yolov8") for size in "xlmsn")
 
 
-@dataclasses.dataclass
-class ObjdetOptions:
+class ObjdetOptions(ExpertOptions):
     """Settings of the `objdet` expert (``--set objdet.KEY=VALUE`` or ``PRISMER_OBJDET_KEY``)."""
 
     #: YOLO checkpoint (.pt) trained on COCO
@@ -69,7 +66,7 @@ def boxes_to_map(height: int, width: int, boxes: np.ndarray, names: Sequence[str
     return SemanticMap(labels, used, instances)
 
 
-class ObjectDetection(BuiltinExpert):
+class ObjectDetection(ConfigurableExpert):
     """COCO objects (YOLO) as box-shaped labels, one instance per box."""
 
     spec = ExpertSpec(
@@ -92,7 +89,7 @@ class ObjectDetection(BuiltinExpert):
         )
 
     def check(self, options: ObjdetOptions) -> Readiness:
-        missing = require_modules("ultralytics", extra="detect")
+        missing = Readiness.requiring("ultralytics", extra="detect")
         return missing if not missing.ready else self._weights(options)[1]
 
     def load(self, device: str = "cpu") -> None:

@@ -22,10 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
-from prismer_core import ExpertKind, ExpertSpec, Readiness, SemanticMap, hookimpl
+from prismer_core import ConfigurableExpert, ExpertKind, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl, normalize_label
 from prismer_core.paths import weights_dir
 
-from ._common import BuiltinExpert, require_modules
 
 BACKENDS = ("rapidocr", "paddleocr")
 
@@ -39,11 +38,6 @@ class TextBox:
     score: float
 
 
-def label_name(text: str) -> str:
-    """The label a text box gets: lower-cased, stripped, inner whitespace collapsed."""
-    return " ".join(text.lower().split())
-
-
 def text_boxes_to_map(height: int, width: int, boxes: Sequence[TextBox]) -> SemanticMap:
     """Fill each box with its text's label (names shared) and its own instance id (1, 2, …)."""
     import cv2
@@ -53,7 +47,7 @@ def text_boxes_to_map(height: int, width: int, boxes: Sequence[TextBox]) -> Sema
     names: list[str] = []
     instance = 0
     for box in boxes:
-        name = label_name(box.text)
+        name = normalize_label(box.text)
         if not name:
             continue
         if name not in names:
@@ -65,8 +59,7 @@ def text_boxes_to_map(height: int, width: int, boxes: Sequence[TextBox]) -> Sema
     return SemanticMap(labels, names, instances)
 
 
-@dataclasses.dataclass
-class OcrOptions:
+class OcrOptions(ExpertOptions):
     """Settings of the `ocr` expert (``--set ocr.KEY=VALUE`` or ``PRISMER_OCR_KEY``)."""
 
     backend: str = "rapidocr"
@@ -101,7 +94,7 @@ class RapidOcrReader:
 
     @staticmethod
     def check(options: OcrOptions) -> Readiness:
-        return require_modules("rapidocr_onnxruntime", package="rapidocr-onnxruntime")
+        return Readiness.requiring("rapidocr_onnxruntime", package="rapidocr-onnxruntime")
 
     def load(self, device: str) -> None:
         from rapidocr_onnxruntime import RapidOCR
@@ -134,7 +127,7 @@ class PaddleOcrReader:
 
     @classmethod
     def check(cls, options: OcrOptions) -> Readiness:
-        missing = require_modules("paddleocr", "paddle", extra="ocr-paddle")
+        missing = Readiness.requiring("paddleocr", "paddle", extra="ocr-paddle")
         if not missing.ready:
             return Readiness.missing(
                 f"backend paddleocr: {missing.reason}",
@@ -179,7 +172,7 @@ class PaddleOcrReader:
 READERS: dict[str, type] = {"rapidocr": RapidOcrReader, "paddleocr": PaddleOcrReader}
 
 
-class Ocr(BuiltinExpert):
+class Ocr(ConfigurableExpert):
     """Text boxes labelled with the text read in them; one instance per box."""
 
     spec = ExpertSpec(

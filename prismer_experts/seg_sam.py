@@ -9,35 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prismer_core import Readiness, SemanticMap
+from prismer_core import SemanticMap
 
 from ._models import load_state_dict
-from .seg import Segmentation, SegOptions, masks_to_map
+from .seg_common import SegOptions, clip_weights, masks_to_map, sam_checkpoint
 from .vocabularies import SEGMENTATION_VOCABULARY
 
 PROMPT = "a photo of a {}."
-
-
-def clip_weights(options: SegOptions) -> tuple[tuple[Path, bool] | None, Readiness]:
-    """(weights file, quick_gelu) of the CLIP model that names masks, found without downloading.
-
-    The lookup is the `clip` text embedder's, so both agree on where open_clip weights live.
-    """
-    from .embedders import ClipTextEmbedder, WeightsNotHere
-
-    embedder = ClipTextEmbedder(model=options.clip_model, pretrained=options.clip_pretrained)
-    try:
-        return embedder._weights, Readiness.ok()
-    except WeightsNotHere as exc:
-        fix = f"{exc.fix}; set with --set seg.clip_model=… / seg.clip_pretrained=…" if exc.fix else (
-            "set --set seg.clip_model=… and seg.clip_pretrained=… (or PRISMER_SEG_CLIP_MODEL, PRISMER_SEG_CLIP_PRETRAINED)"
-        )
-        return None, Readiness.missing(f"CLIP for naming masks: {exc.reason}", fix)
 
 
 def build_sam(state: dict[str, Any]):
@@ -101,7 +83,7 @@ class SamClipSegmenter:
         import torch
         from segment_anything import SamAutomaticMaskGenerator
 
-        checkpoint, readiness = Segmentation.sam_checkpoint(options)
+        checkpoint, readiness = sam_checkpoint(options)
         weights, clip_readiness = clip_weights(options)
         if checkpoint is None or weights is None:
             raise RuntimeError(str(readiness if checkpoint is None else clip_readiness))

@@ -16,7 +16,7 @@ import numpy as np
 from prismer_core import SemanticMap
 
 from ._models import groups_by_shape, quiet_hub_loading, torch_dtype
-from .seg import Segmentation, SegOptions
+from .seg_common import SegOptions, model_location
 from .vocabularies import class_name
 
 
@@ -33,7 +33,7 @@ class TransformersSegmenter:
         )
         from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES
 
-        location, readiness = Segmentation.model_location(options)
+        location, readiness = model_location(options)
         if location is None:
             raise RuntimeError(str(readiness))
         with quiet_hub_loading():

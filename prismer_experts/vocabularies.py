@@ -7,6 +7,8 @@ only). The Prismer paper's segmentation and detection experts were trained on th
 
 from __future__ import annotations
 
+from prismer_core import normalize_label
+
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -49,7 +51,7 @@ def class_name(raw: str) -> str:
     ``"chest of drawers"`` and ``"person"``.
     """
     first = str(raw).replace(";", ",").split(",")[0]
-    return " ".join(first.replace("_", " ").replace("-", " ").lower().split())
+    return normalize_label(first.replace("_", " ").replace("-", " "))
 
 
 def union(*vocabularies: tuple[str, ...]) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ import pytest
 import expert_models
 from prismer_core.experts.runner import ExpertRunner
 from prismer_core.registry import load_registry
-from prismer_experts.seg import Segmentation, masks_to_map
+from prismer_experts.seg import Segmentation
+from prismer_experts.seg_common import masks_to_map
 from prismer_experts.vocabularies import ADE20K_CLASSES, SEGMENTATION_VOCABULARY
 
 IMAGES = [expert_models.photo((120, 160)), expert_models.photo((70, 50))]

@@ -1,7 +1,8 @@
-"""The expert contract, output validation and the runner that applies experts to images."""
+"""The expert contract, its settings, output validation and the runner that applies experts."""
 
 from .contract import (
     CONTRACT_VERSION,
+    ConfigurableExpert,
     DenseMap,
     Expert,
     ExpertKind,
@@ -10,20 +11,27 @@ from .contract import (
     Readiness,
     SemanticMap,
     SpecError,
+    normalize_label,
 )
-from .validate import ExpertOutputError, check_output, validate_outputs
+from .settings import ExpertOptions, SettingError
+from .validate import ExpertLoadError, ExpertOutputError, check_output, validate_outputs
 
 __all__ = [
     "CONTRACT_VERSION",
+    "ConfigurableExpert",
     "DenseMap",
     "Expert",
     "ExpertKind",
+    "ExpertLoadError",
+    "ExpertOptions",
     "ExpertOutput",
     "ExpertOutputError",
     "ExpertSpec",
     "Readiness",
     "SemanticMap",
+    "SettingError",
     "SpecError",
     "check_output",
+    "normalize_label",
     "validate_outputs",
 ]

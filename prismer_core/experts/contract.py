@@ -8,15 +8,17 @@ break plugins written against the previous one.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Union
 
 import numpy as np
 
-from .settings import merged_settings
+from .settings import ExpertOptions, SettingError, merged_settings, parse_options
 
 #: The contract version this core implements. A plugin declares the one it was written for.
 CONTRACT_VERSION = 1
@@ -152,6 +154,16 @@ class Readiness:
     def missing(cls, reason: str, fix: str = "") -> "Readiness":
         return cls(False, reason, fix)
 
+    @classmethod
+    def requiring(cls, *modules: str, extra: str | None = None, package: str | None = None) -> "Readiness":
+        """'not ready' naming the first of ``modules`` that is not installed and the pip command
+        that brings it (``prismer[extra]``, or ``package``), else ready."""
+        for module in modules:
+            if importlib.util.find_spec(module) is None:
+                what = f"prismer[{extra}]" if extra else (package or module)
+                return cls.missing(f"Python module '{module}' is not installed", f"pip install '{what}'")
+        return cls.ok()
+
     def __str__(self) -> str:
         if self.ready:
             return "ready"
@@ -179,6 +191,12 @@ class SemanticMap:
 
 
 ExpertOutput = Union[DenseMap, SemanticMap]
+
+
+def normalize_label(text: str) -> str:
+    """One spelling per label, for every expert and the label embeddings alike: lower case,
+    surrounding and repeated whitespace removed ("  Stop  Sign" -> "stop sign")."""
+    return " ".join(str(text).lower().split())
 
 
 class Expert(ABC):
@@ -214,3 +232,32 @@ class Expert(ABC):
         ``context`` holds the outputs of the experts named in ``spec.depends_on``, in the
         same order as ``images``.
         """
+
+
+class ConfigurableExpert(Expert):
+    """An expert with typed, checked settings: the base of the built-in experts, and of any
+    plugin whose expert has options (``prismer experts new`` writes one).
+
+    ``Options`` is an :class:`~prismer_core.experts.settings.ExpertOptions` model whose fields
+    are the settings, filled from explicit settings over ``PRISMER_<NAME>_<KEY>`` variables.
+    Implement :meth:`check` (is it ready, given valid options) instead of :meth:`readiness`, so
+    a bad setting is always reported the same way: before any work, with the closest key.
+    """
+
+    Options: ClassVar[type[ExpertOptions]] = ExpertOptions
+
+    @cached_property
+    def options(self) -> Any:
+        """The parsed options; raises SettingError when a setting is unknown or invalid."""
+        return parse_options(self.Options, self.settings, self.spec.name)
+
+    def readiness(self) -> Readiness:
+        try:
+            options = self.options
+        except SettingError as exc:
+            return Readiness.missing(str(exc), f"see 'prismer experts info {self.spec.name}' and docs/experts.md")
+        return self.check(options)
+
+    def check(self, options: Any) -> Readiness:
+        """Whether the expert can run with these (valid) options."""
+        return Readiness.ok()

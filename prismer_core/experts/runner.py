@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,7 +10,11 @@ import numpy as np
 
 from ..registry import Registry, get_registry
 from .contract import Expert, ExpertOutput
-from .validate import ExpertOutputError, describe_batch, validate_outputs
+from .validate import ExpertLoadError, ExpertOutputError, describe_batch, validate_outputs
+
+logger = logging.getLogger("prismer")
+#: The device notices already given in this process (each is said once).
+_SAID: set[str] = set()
 
 
 class ExpertRunner:
@@ -43,13 +48,26 @@ class ExpertRunner:
     def versions(self) -> dict[str, str]:
         return {name: self.experts[name].spec.version for name in self.requested}
 
+    def device_for(self, name: str) -> str:
+        """The runner's device when the expert declares it (``spec.devices``), else the first
+        device it declares, with a notice (once per process) that it runs there."""
+        devices = self.experts[name].spec.devices
+        if self.device.split(":")[0] in devices:
+            return self.device
+        fallback = "cpu" if "cpu" in devices else devices[0]
+        notice = f"expert '{name}' runs on {fallback}: it supports {', '.join(devices)}, not {self.device}"
+        if notice not in _SAID:
+            _SAID.add(notice)
+            logger.warning(notice)
+        return fallback
+
     def load(self) -> None:
         if not self._loaded:
             for name in self.order:
                 try:
-                    self.experts[name].load(self.device)
+                    self.experts[name].load(self.device_for(name))
                 except Exception as exc:
-                    raise ExpertOutputError(name, "(loading)", f"load() raised {exc!r}", self._plugin(name)) from exc
+                    raise ExpertLoadError(name, f"load() raised {exc!r}", self._plugin(name)) from exc
             self._loaded = True
 
     def __call__(

@@ -6,29 +6,27 @@ so a command line can override what a shell exported::
 
     PRISMER_DEPTH_MODEL=/weights/dpt prismer label ... --set depth.model=/other/dpt
 
-Values from the command line and the environment are strings. An expert that declares its
-options as a dataclass gets them typed and checked by :func:`parse_options`, which names the
-expert, the key and the accepted values when something is wrong.
+Values from the command line and the environment are strings. An expert declares its options
+as an :class:`ExpertOptions` model (pydantic); :func:`parse_options` types and checks them and
+names the expert, the key (with the closest known one) and the accepted values when something
+is wrong.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import PrismerError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from ..errors import PrismerError, did_you_mean
 
 ENV_PREFIX = "PRISMER_"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-OptionsT = TypeVar("OptionsT")
+OptionsT = TypeVar("OptionsT", bound="ExpertOptions")
 
 
 class SettingError(PrismerError):
@@ -85,72 +83,81 @@ def parse_assignments(
         if not sep or not dot or not expert or not key:
             raise SettingError(f"--set {text!r}: write NAME.KEY=VALUE, for example --set depth.model=/weights/dpt")
         if known is not None and expert not in known:
-            close = difflib.get_close_matches(expert, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise SettingError(
-                f"--set {text!r}: '{expert}' is not one of the experts being run ({', '.join(known)}){hint}"
+                f"--set {text!r}: '{expert}' is not one of the experts being run ({', '.join(known)})"
+                f"{did_you_mean(expert, known)}"
             )
         result.setdefault(expert, {})[key.strip().lower()] = value.strip()
     return result
 
 
-def parse_options(options_type: type[OptionsT], settings: Mapping[str, Any], expert: str) -> OptionsT:
-    """Build the ``options_type`` dataclass from ``settings``, converting strings to field types.
+def parse_key_values(values: Iterable[str], flag: str, example: str) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` as a dict (keys stripped; values may hold '='), or an error that
+    shows ``flag`` and an ``example`` of the form."""
+    result: dict[str, str] = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise SettingError(f"{flag} {text!r}: write KEY=VALUE, for example {flag} {example}")
+        result[key.strip()] = value.strip()
+    return result
 
-    Supported field types: ``str``, ``int``, ``float``, ``bool`` and their ``| None`` forms
-    (the strings ``""`` and ``"none"`` mean None). Unknown keys and bad values raise
-    :class:`SettingError` naming the expert, the key and where it could have come from.
-    """
-    fields = {f.name: f for f in dataclasses.fields(options_type)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(options_type)
-    values: dict[str, Any] = {}
-    for key, raw in settings.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            known = ", ".join(fields) or "none"
+
+class ExpertOptions(BaseModel):
+    """The settings of an expert, as a pydantic model: each field is a setting (its type, its
+    default, its comment in docs/experts.md). Unknown keys are refused; strings from the
+    command line and the environment are converted to the field types (``none`` or an empty
+    value means None for a field that may be None). Override :meth:`check` for rules that
+    concern several fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_strings(cls, values: Any) -> Any:
+        if not isinstance(values, Mapping):
+            return values
+        result = dict(values)
+        for key, value in values.items():
+            field = cls.model_fields.get(key)
+            if field is not None and isinstance(value, str) and value.strip().lower() in ("", "none") and _allows_none(field.annotation):
+                result[key] = None
+        return result
+
+    def check(self) -> str | None:
+        """What is wrong with these values together, or None."""
+        return None
+
+
+#: How a setting's value is described when it does not convert, by pydantic error type.
+_EXPECTED = {"int_parsing": "an integer", "int_from_float": "an integer", "float_parsing": "a number",
+             "bool_parsing": "true or false", "string_type": "a string"}
+
+
+def parse_options(options_type: type[OptionsT], settings: Mapping[str, Any], expert: str) -> OptionsT:
+    """Build ``options_type`` from ``settings`` (strings or values), or raise
+    :class:`SettingError` naming the expert, the key and where it could have come from."""
+    try:
+        options = options_type.model_validate(dict(settings))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        known = list(options_type.model_fields)
+        if error["type"] == "extra_forbidden":
             raise SettingError(
                 f"expert '{expert}' has no setting '{key}' (from --set {expert}.{key}=… or "
-                f"{env_var(expert, key)}){hint}; its settings: {known}"
-            )
-        values[key] = _convert(raw, hints[key], expert, key)
-    options = options_type(**values)
-    check = getattr(options, "check", None)
-    if callable(check):
-        problem = check()
-        if problem:
-            raise SettingError(f"expert '{expert}': {problem}")
+                f"{env_var(expert, key)}){did_you_mean(key, known)}; its settings: {', '.join(known) or 'none'}"
+            ) from None
+        expected = _EXPECTED.get(error["type"])
+        if expected:
+            raise SettingError(f"expert '{expert}': setting '{key}' must be {expected}, got {error['input']!r}") from None
+        raise SettingError(f"expert '{expert}': setting '{key}': {error['msg']}") from None
+    problem = options.check()
+    if problem:
+        raise SettingError(f"expert '{expert}': {problem}")
     return options
 
 
-def _convert(raw: Any, hint: Any, expert: str, key: str) -> Any:
-    allowed = [a for a in typing.get_args(hint)] if _is_union(hint) else [hint]
-    optional = type(None) in allowed
-    base = next((a for a in allowed if a is not type(None)), str)
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none")):
-        if optional:
-            return None
-        if raw is None or base is not str:
-            raise SettingError(f"expert '{expert}': setting '{key}' needs a value")
-    if not isinstance(raw, str):
-        if base is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, base):
-            return raw
-        raise SettingError(f"expert '{expert}': setting '{key}' must be {base.__name__}, got {raw!r}")
-    text = raw.strip()
-    try:
-        if base is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError
-        return base(text)
-    except ValueError:
-        expected = "true or false" if base is bool else ("an integer" if base is int else "a number")
-        raise SettingError(f"expert '{expert}': setting '{key}' must be {expected}, got {raw!r}") from None
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+def _allows_none(annotation: Any) -> bool:
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return union and type(None) in typing.get_args(annotation)

@@ -19,6 +19,15 @@ class ExpertOutputError(PrismerError):
         super().__init__(f"expert '{expert}'{by} on image {image}: {problem}")
 
 
+class ExpertLoadError(PrismerError):
+    """An expert's ``load()`` raised: its weights or its model could not be loaded."""
+
+    def __init__(self, expert: str, problem: str, plugin: str = "") -> None:
+        self.expert, self.problem, self.plugin = expert, problem, plugin
+        by = f" (from {plugin})" if plugin else ""
+        super().__init__(f"expert '{expert}'{by} could not be loaded: {problem}")
+
+
 def check_output(spec: ExpertSpec, out: object, height: int, width: int) -> str | None:
     """Return what is wrong with ``out`` for an image of ``height``×``width``, or None."""
     if spec.is_semantic:

@@ -11,7 +11,7 @@ key/value cache); ``score`` gives the log-likelihood of candidate continuations;
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path

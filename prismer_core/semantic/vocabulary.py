@@ -9,15 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from importlib import resources
 
+from ..experts.contract import normalize_label
 from ..registry import Registry
 
 #: The text whose embedding stands for label 0 (no label) in every semantic map.
 BACKGROUND_TEXT = "background"
-
-
-def normalize_label(text: str) -> str:
-    """One spelling per label: surrounding and repeated whitespace removed."""
-    return " ".join(str(text).split())
 
 
 def general_words() -> list[str]:

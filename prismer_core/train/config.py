@@ -1,16 +1,21 @@
-"""The settings of a training run, saved in the run folder so ``--resume`` can check them."""
+"""The settings of a training run, saved in the run folder so ``--resume`` can check them.
+
+One pydantic model: its fields are the settings, their defaults and their help texts
+(`prismer train --help` is built from them, nothing restated); unknown keys are refused with
+the closest known one, bad values with the flag that sets them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import PrismerError
-from ..data.manifest import BAD_ROW_POLICIES, parse_tasks
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from ..data.manifest import parse_tasks
+from ..errors import PrismerError, did_you_mean
+
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "plain", "ddp", "deepspeed")
 
 #: Settings that may change when a run is resumed; every other one must stay the same,
@@ -21,71 +26,69 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
     """Everything ``prismer train`` needs; the CLI only fills this in."""
 
-    data: list[str]
-    out: str
-    spec: str = "tiny"
-    experts: list[str] = field(default_factory=list)
-    tasks: list[str] = field(default_factory=lambda: ["caption"])
-    val_data: list[str] = field(default_factory=list)
-    labels: str | None = None  # label store; None: experts run on the fly
-    spec_overrides: dict[str, Any] = field(default_factory=dict)
-    expert_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    max_steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None  # None: 5% of max_steps
-    grad_clip: float = 1.0
-    precision: str = "auto"
-    engine: str = "auto"
-    deepspeed_config: str | None = None
-    device: str = "auto"
-    workers: int = 2
-    threads: int = 0  # CPU threads for torch in each training process; 0: torch's default
-    seed: int = 0
-    on_bad_row: str = "stop"
-    crop_scale: float = 0.5  # smallest crop, as a share of the image area
-    hflip: float = 0.0
-    group_by_task: bool = False  # one task per batch: cheaper steps, but the rarer task trains rarely
-    max_text_length: int = 64
-    caption_prompt: str = ""
-    log_every: int = 1
-    eval_every: int = 0  # 0: only at the end
-    eval_samples: int = 64  # per task
-    checkpoint_every: int = 0  # 0: only at the end (and on Ctrl-C)
-    keep_checkpoints: int = 2
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    def validate(self) -> "TrainConfig":
-        self.tasks = list(parse_tasks(self.tasks))
-        checks = [
-            (self.max_steps >= 1, "--max-steps must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must not be negative"),
-            (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must not be negative"),
-            (self.grad_clip >= 0, "--grad-clip must not be negative (0 turns clipping off)"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}"),
-            (self.workers >= 0, "--workers must not be negative"),
-            (self.threads >= 0, "--threads must not be negative"),
-            (self.on_bad_row in BAD_ROW_POLICIES, f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}"),
-            (0 < self.crop_scale <= 1, "--crop-scale must lie in (0, 1]"),
-            (0 <= self.hflip <= 1, "--hflip must lie in [0, 1]"),
-            (self.max_text_length >= 4, "--max-text-length must be at least 4"),
-            (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
-            (bool(self.data), "no training data given (pass --data MANIFEST)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PrismerError(message)
-        # absolute paths, so a resumed run started from another folder compares equal
+    data: list[str] = Field(description="Training manifest: JSONL, COCO captions / VQAv2 questions / BLIP-style .json, a .tar shard or a folder of shards (repeatable).")
+    out: str = Field(description="Run folder [default: runs/SPEC-EXPERTS].")
+    spec: str = Field("tiny", description="Model spec: a bundled name (tiny, base, large) or a .yaml file.")
+    experts: list[str] = Field(default_factory=list, description="Comma-separated experts, e.g. edge,ocr; empty trains PrismerZ (RGB only).")
+    tasks: list[str] = Field(default_factory=lambda: ["caption"], description="caption, vqa, or caption,vqa (rows of a manifest are used for the tasks whose keys they have).")
+    val_data: list[str] = Field(default_factory=list, description="Validation manifest (repeatable): its loss is logged and plotted.")
+    image_root: str | None = Field(None, description="Folder the manifests' image paths are relative to [default: each manifest's folder].")
+    labels: str | None = Field(None, description="Label store from `prismer label` to read expert maps from; without it experts run on the fly.")
+    spec_overrides: dict[str, Any] = Field(default_factory=dict, description="Spec fields replaced for this run, e.g. {'image_size': 128}.")
+    expert_settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Settings of experts run on the fly, {expert: {key: value}}.")
+    max_steps: int = Field(1000, ge=1, description="Optimisation steps to train for (in all, counting resumed ones).")
+    batch_size: int = Field(8, ge=1, description="Samples per step and process.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (weight matrices only).")
+    warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps before the cosine decay [default: 5% of --max-steps].")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
+    precision: Literal[TRAIN_PRECISIONS] = Field("auto", description="auto (bf16 or fp16 on GPUs, fp32 on CPU), fp32, bf16, fp16.")  # type: ignore[valid-type]
+    engine: Literal[ENGINES] = Field("auto", description="auto (DeepSpeed ZeRO-2 on GPUs when installed, DDP for several CPU processes), plain, ddp, deepspeed.")  # type: ignore[valid-type]
+    deepspeed_config: str | None = Field(None, description="DeepSpeed JSON config [default: the bundled ZeRO-2 one]; batch size, clipping and precision come from these flags.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 … (torchrun processes take their LOCAL_RANK GPU).")
+    workers: int = Field(2, ge=0, description="Data loader processes per training process (0: load in the main process).")
+    threads: int = Field(0, ge=0, description="CPU threads of each training process (0: torch's default, one per core).")
+    seed: int = Field(0, description="Seed of the data order, augmentation and initialisation.")
+    on_bad_row: Literal["stop", "skip"] = Field("stop", description="stop at the first bad row (missing key, unreadable image), or skip them and report a count.")
+    crop_scale: float = Field(0.5, gt=0, le=1, description="Smallest random crop as a share of the image area (1: no cropping).")
+    hflip: float = Field(0.0, ge=0, le=1, description="Probability of a horizontal flip; 'left'/'right' in the text are swapped on flipped samples.")
+    group_by_task: bool = Field(False, description="Give each batch one task (less padding for short VQA answers; the rarer task gets fewer steps).")
+    max_text_length: int = Field(64, ge=4, description="Tokens per sample (prompt + target), longer ones are cut.")
+    caption_prompt: str = Field("", description="Text the caption follows, e.g. 'a picture of' (used again at inference).")
+    log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
+    eval_every: int = Field(0, ge=0, description="Validation loss every N steps (0: at the end only).")
+    eval_samples: int = Field(64, ge=1, description="Validation samples per task.")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end, and on Ctrl-C).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many of the newest checkpoints to keep.")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc, type(self)) from None
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        return list(parse_tasks(tasks))
+
+    @model_validator(mode="after")
+    def _some_data(self) -> "TrainConfig":
+        if not self.data:
+            raise ValueError("no training data given (pass --data MANIFEST)")
+        return self
+
+    def validate(self) -> "TrainConfig":  # type: ignore[override]
+        """Paths made absolute, so a resumed run started from another folder compares equal."""
         self.data = [_absolute(p) for p in self.data]
         self.val_data = [_absolute(p) for p in self.val_data]
         self.labels = _absolute(self.labels) if self.labels else None
+        self.image_root = _absolute(self.image_root) if self.image_root else None
         return self
 
     @property
@@ -93,12 +96,12 @@ class TrainConfig:
         return self.warmup_steps if self.warmup_steps is not None else max(1, round(0.05 * self.max_steps))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A saved run's settings (keys an older version wrote and this one dropped are ignored)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
 
     def differences(self, saved: "TrainConfig") -> list[str]:
         """Settings that differ from a saved run's and may not change on resume."""
@@ -108,6 +111,20 @@ class TrainConfig:
             for key in mine
             if key not in RESUMABLE_CHANGES and mine[key] != theirs.get(key)
         ]
+
+
+def config_error(exc: ValidationError, model: type[BaseModel]) -> PrismerError:
+    """The first problem of a settings model as one line: the flag, what is wrong, and for an
+    unknown key the closest known one."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or ""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden":
+        return PrismerError(f"{model.__name__} has no setting '{key}'{did_you_mean(name, model.model_fields)}")
+    message = error["msg"].removeprefix("Value error, ")
+    if not name:
+        return PrismerError(message)
+    return PrismerError(f"--{name.replace('_', '-')}: {message} (got {error.get('input')!r})")
 
 
 def _absolute(path: str) -> str:

@@ -8,21 +8,21 @@ too. No weights, a few milliseconds per image; a useful prior for "what is this 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from prismer_core import DenseMap, Expert, ExpertKind, ExpertSpec, Readiness, hookimpl
-from prismer_core.experts.settings import SettingError, parse_options
+from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertSpec, Readiness, hookimpl
 
 __version__ = "1.0.0"
 
 
-@dataclass
-class SaliencyOptions:
+class SaliencyOptions(ExpertOptions):
+    """Settings of `saliency` (``--set saliency.KEY=VALUE`` or ``PRISMER_SALIENCY_KEY``)."""
+
+    #: side of the square the spectrum is computed at (the paper's 64)
     size: int = 64
+    #: blur of the map at that size, in pixels
     sigma: float = 2.5
 
     def check(self) -> str | None:
@@ -31,7 +31,7 @@ class SaliencyOptions:
         return None
 
 
-class SpectralResidualSaliency(Expert):
+class SpectralResidualSaliency(ConfigurableExpert):
     """Saliency in [-1, 1] (1 = most salient pixel of the image, -1 = least).
 
     Settings: ``size`` (side of the square the spectrum is computed at, default 64, as in
@@ -46,21 +46,14 @@ class SpectralResidualSaliency(Expert):
         description="Spectral-residual visual saliency (Hou & Zhang 2007) on Lab channels; no weights",
     )
 
-    def readiness(self) -> Readiness:
-        if importlib.util.find_spec("cv2") is None:
-            return Readiness.missing("Python module 'cv2' is not installed", "pip install opencv-python")
-        try:
-            self.options()
-        except SettingError as exc:  # a bad --set value is reported before any work starts
-            return Readiness.missing(str(exc))
-        return Readiness.ok()
+    Options = SaliencyOptions
 
-    def options(self) -> SaliencyOptions:
-        """The settings, typed and checked (strings from --set or the environment included)."""
-        return parse_options(SaliencyOptions, self.settings, self.spec.name)
+    def check(self, options: SaliencyOptions) -> Readiness:
+        # the settings were checked before this is called (a bad --set value is reported first)
+        return Readiness.requiring("cv2", package="opencv-python")
 
     def predict(self, images: Sequence[np.ndarray], context: Mapping | None = None) -> list[DenseMap]:
-        options = self.options()
+        options = self.options
         return [DenseMap(saliency_map(image, options.size, options.sigma)[..., None]) for image in images]
 
 
