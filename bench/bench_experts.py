@@ -181,7 +181,7 @@ def measure(
     naming: bool = False, warm_up: bool = True,
 ) -> float:
     """Images per second of ``expert_name``.predict over ``images`` in batches of ``batch``."""
-    from prismer_core.experts.runner import ExpertRunner
+    from prismer_core.runner import ExpertRunner
 
     runner = ExpertRunner([expert_name], device=device, settings=settings)
     runner.load()

@@ -20,7 +20,7 @@ from .data.label_store import LabelStore
 from .data.manifest import read_images
 from .data.preview import write_preview
 from .errors import PrismerError
-from .experts.runner import ExpertRunner
+from .runner import ExpertRunner
 from .progress import make_progress
 from .registry import Registry
 

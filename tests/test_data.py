@@ -217,7 +217,7 @@ def test_demo_data_is_deterministic_and_consistent(tmp_path):
 
 def test_demo_words_are_readable_by_the_ocr_expert(tmp_path):
     """The printed words carry information the OCR expert can extract."""
-    from prismer_core.experts.runner import ExpertRunner
+    from prismer_core.runner import ExpertRunner
     from prismer_core.registry import load_registry
 
     generate_demo(tmp_path, n=40, seed=0, size=192)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import expert_models
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import load_registry
 from prismer_experts.depth import Depth
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import load_registry
 
 SIZE = 128

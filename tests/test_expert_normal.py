@@ -8,7 +8,7 @@ import pytest
 
 import expert_models
 from prismer_core import DenseMap
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import load_registry
 from prismer_experts.normal import Normal, normals_from_depth
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import load_registry
 from prismer_experts.ocr import TextBox, text_boxes_to_map
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import expert_models
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import load_registry
 from prismer_experts.seg import Segmentation
 from prismer_experts.seg_common import masks_to_map

@@ -223,7 +223,7 @@ def test_semantic_maps_are_encoded_with_the_checkpoints_own_label_encoder(tmp_pa
     """A random projection saved into the checkpoint is the one used; nothing is fitted anew."""
     from PIL import ImageDraw, ImageFont
 
-    from prismer_core.experts.runner import ExpertRunner
+    from prismer_core.runner import ExpertRunner
     from prismer_core.registry import get_registry
     from prismer_core.semantic import LabelEncoder, Projection, create_embedder
 

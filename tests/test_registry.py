@@ -13,7 +13,7 @@ import pytest
 
 from plugin_helpers import installed_distributions, plugin_env, run_prismer, site_entry_points, write_images
 from prismer_core import hookimpl
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import ExpertUnavailableError, Registry, load_registry
 
 

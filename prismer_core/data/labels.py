@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ..errors import PrismerError
 from ..experts.contract import ExpertOutput, ExpertSpec, SemanticMap
-from ..experts.runner import ExpertRunner
+from ..runner import ExpertRunner
 from ..experts.settings import merged_settings, settings_record
 from .images import LoadedImage
 from .label_store import LabelStore, LabelStoreError

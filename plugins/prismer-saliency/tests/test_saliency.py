@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import prismer_saliency
-from prismer_core.experts.runner import ExpertRunner
+from prismer_core.runner import ExpertRunner
 from prismer_core.registry import Registry
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import Registry, get_registry
-from .contract import Expert, ExpertOutput
-from .validate import ExpertLoadError, ExpertOutputError, describe_batch, validate_outputs
+from .experts.contract import Expert, ExpertOutput
+from .experts.validate import ExpertLoadError, ExpertOutputError, describe_batch, validate_outputs
+from .registry import Registry, get_registry
 
 logger = logging.getLogger("prismer")
 #: The device notices already given in this process (each is said once).
