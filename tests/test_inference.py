@@ -251,3 +251,22 @@ def test_semantic_maps_are_encoded_with_the_checkpoints_own_label_encoder(tmp_pa
     assert len(seen) >= 2  # background and the word
     assert all(np.abs(allowed - row).max(axis=1).min() < 1e-6 for row in seen)
     assert not (tmp_path / "home" / "projections").exists()  # no projection was fitted
+
+
+def test_the_prompt_inference_sends_is_the_prompt_training_taught(trained, predictor, monkeypatch):
+    """Token for token: the rows `Predictor.answer` and `caption` hand the model begin with
+    exactly the ids training's collator fed for the same sample, up to its first learnt token."""
+    from prismer_core.data.dataset import Collator, TrainingData
+    from prismer_core.data.manifest import load_data
+    from prismer_core.text import IGNORE_INDEX
+
+    samples = {s.task: s for s in load_data(trained.test, ("caption", "vqa")).samples}
+    data = TrainingData(list(samples.values()), predictor.encoder, predictor.labels, predictor.caption_prompt)
+    batch = Collator(predictor.codec)([data[(i, 0)] for i in range(len(samples))])
+    sent = []
+    monkeypatch.setattr(predictor.model, "generate", lambda inputs, prompt, **kw: sent.append(prompt) or [[]] * len(inputs))
+    predictor.caption([samples["caption"]])
+    predictor.answer([samples["vqa"]], [samples["vqa"].question])
+    for row, prompt in enumerate(sent):
+        first_learnt = (batch.labels[row] != IGNORE_INDEX).nonzero()[0, 0].item()
+        assert prompt.ids[0][prompt.valid[0]].tolist() == batch.input_ids[row, :first_learnt].tolist()
