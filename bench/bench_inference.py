@@ -85,7 +85,7 @@ def bench_shape(shape: str, images: list[Path], folder: Path, repeats: int) -> l
         seconds, others = timed(lambda: predictor.caption(images[:batch], num_beams=BEAMS, max_new_tokens=NEW_TOKENS,
                                                           min_length=NEW_TOKENS, batch_size=batch), repeats)
         rows.append((f"caption, batch {batch}", "s per image", seconds / batch, others))
-    answers = candidate_answers(predictor.model.tokenizer, CANDIDATES)
+    answers = candidate_answers(predictor.codec.tokenizer, CANDIDATES)
     questions = [QUESTION] * QUESTIONS
     for label, k in (("full", None), (f"prefilter k={PREFILTER_K}", PREFILTER_K)):
         seconds, others = timed(lambda: predictor.rank(images[:QUESTIONS], questions, answers, prefilter_k=k), repeats)

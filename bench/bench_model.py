@@ -51,6 +51,7 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
 
     from prismer_core.experts.contract import ExpertKind, ExpertSpec
     from prismer_core.model import build_model
+    from prismer_core.text import TokenRows
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -84,8 +85,8 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
         prompt = torch.randint(5, vocab, (PROMPT_TOKENS,))
 
         def run() -> None:  # min_length = max_new_tokens: always NEW_TOKENS tokens, whatever the weights prefer
-            model.generate(batch, prompt, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS,
-                           return_ids=True, eos_token_id=2)  # ids in and out: no tokenizer download
+            rows = TokenRows(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool))  # ids: no tokenizer download
+            model.generate(batch, rows, end_token_id=2, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS)
     run()
     times, others, cpu = [], [], []
     for _ in range(repeats):
@@ -145,20 +146,22 @@ def _spec(name: str, overrides: dict):
     return load_spec(name, overrides)
 
 
-def _batch(model, batch_size: int, dtype: "torch.dtype | None" = None) -> dict:
+def _batch(model, batch_size: int, dtype: "torch.dtype | None" = None):
     import torch
 
+    from prismer_core.inputs import ModelInputs
+
     size = model.image_size
-    batch = {"rgb": torch.randn(batch_size, 3, size, size, dtype=dtype), "experts": {}, "instances": {}}
+    batch = ModelInputs(torch.randn(batch_size, 3, size, size, dtype=dtype))
     for name, expert in model.expert_specs.items():
         channels = model.spec.semantic_channels if expert.is_semantic else expert.channels
-        batch["experts"][name] = torch.rand(batch_size, channels, size, size, dtype=dtype) * 2 - 1
+        batch.experts[name] = torch.rand(batch_size, channels, size, size, dtype=dtype) * 2 - 1
         if expert.has_instances:  # 12 boxes per image
             ids = torch.zeros(batch_size, size, size, dtype=torch.long)
             for k in range(12):
                 top, left = (k * 37) % (size - 40), (k * 53) % (size - 60)
                 ids[:, top : top + 40, left : left + 60] = k + 1
-            batch["instances"][name] = ids
+            batch.instances[name] = ids
     return batch
 
 

@@ -62,7 +62,7 @@ def prepare(root: Path, images: int, scene_size: int) -> dict:
     """Demo scenes, a label store with real edge/ocr maps and synthetic maps for the rest."""
     from prismer_core.demo import generate_demo
     from prismer_core.data.label_store import LabelStore
-    from prismer_core.data.images import list_images, read_rgb
+    from prismer_core.data.manifest import read_images
     from prismer_core.labeling import label_images
     from prismer_core.registry import get_registry
 
@@ -77,31 +77,36 @@ def prepare(root: Path, images: int, scene_size: int) -> dict:
     store = LabelStore(root / "labels")
     store.open_for(specs, {name: registry.entry(name).plugin.package for name in others})
     rng = np.random.default_rng(0)
-    for source in list_images(manifest):
-        height, width = read_rgb(source.path).shape[:2]
+    for source in read_images(manifest):
+        image = source.load()
+        height, width = image.pixels.shape[:2]
         for name, spec in specs.items():
-            store.write(name, source.key, synthetic_output(spec, height, width, rng))
+            store.write(name, image.key, synthetic_output(spec, height, width, rng))
     return {"manifest": manifest, "labels": root / "labels", "labelling_images_per_s": labelling}
 
 
 def training_data(manifest: Path, labels: Path | None, experts: tuple[str, ...], image_size: int):
     """The dataset and collator a run builds (same classes, same settings as `prismer train`)."""
-    from prismer_core.data.dataset import Collator, LiveLabels, StoredLabels, TrainingData
+    from prismer_core.data.dataset import Collator, TrainingData
+    from prismer_core.data.encoding import SampleEncoder
+    from prismer_core.data.labels import LiveLabels, StoredLabels
     from prismer_core.data.manifest import load_data
     from prismer_core.data.transforms import PairedTransform
     from prismer_core.model import build_model
+    from prismer_core.registry import get_registry
     from prismer_core.semantic import load_label_encoder
     from prismer_core.specs import load_spec
-    from prismer_core.train.experts import require_experts
+    from prismer_core.text import TextCodec
 
-    specs = require_experts(list(experts), live=labels is None)
+    specs = get_registry().require(list(experts), live=labels is None)
     model = build_model(load_spec("tiny", {"image_size": image_size}), specs)
     source = (StoredLabels(labels, specs) if labels else LiveLabels(list(experts))) if experts else None
     encoder = load_label_encoder() if any(s.is_semantic for s in specs.values()) else None
     samples = load_data(manifest, ("caption", "vqa")).samples
-    data = TrainingData(samples, PairedTransform(image_size, True, (0.9, 1.0)), model.image_mean, model.image_std,
-                        specs, source, encoder)
-    return model, data, Collator(model.tokenizer)
+    sample_encoder = SampleEncoder(PairedTransform(image_size, True, (0.9, 1.0)), model.image_mean, model.image_std,
+                                   specs, encoder)
+    data = TrainingData(samples, sample_encoder, source)
+    return model, data, Collator(TextCodec.for_decoder(model.spec.decoder))
 
 
 def loader_images_per_s(data, collate, batch_size: int, workers: int, batches: int) -> float:
@@ -179,6 +184,7 @@ def gpu_bench(args) -> dict:
     import torch
 
     from prismer_core.data.dataset import Batch
+    from prismer_core.inputs import ModelInputs
     from prismer_core.model import build_model
     from prismer_core.registry import get_registry
     from prismer_core.specs import load_spec
@@ -200,11 +206,11 @@ def gpu_bench(args) -> dict:
         torch.cuda.reset_peak_memory_stats(ctx.device)
         engine = make_engine("deepspeed", model, config, ctx)
         size, count = spec.image_size, args.batch_size
-        inputs = {"rgb": torch.randn(count, 3, size, size), "experts": {}, "instances": {}}
+        inputs = ModelInputs(torch.randn(count, 3, size, size))
         for name, expert in specs.items():
-            inputs["experts"][name] = torch.randn(count, 64 if expert.is_semantic else expert.channels, size, size).clamp(-1, 1)
+            inputs.experts[name] = torch.randn(count, 64 if expert.is_semantic else expert.channels, size, size).clamp(-1, 1)
             if expert.has_instances:
-                inputs["instances"][name] = torch.randint(0, 8, (count, size, size))
+                inputs.instances[name] = torch.randint(0, 8, (count, size, size))
         ids = torch.randint(5, spec.decoder.vocab_size, (count, 32))
         labels = ids.clone()
         labels[:, :8] = -100

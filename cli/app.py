@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,20 @@ def setting(model: type, field: str, *flags: str, default: Any = _MODEL_DEFAULT,
     info = model.model_fields[field]
     value = info.get_default(call_default_factory=True) if default is _MODEL_DEFAULT else default
     return typer.Option(value, *flags, help=(info.description or "").replace("[", "\\["), **extra)  # not rich markup
+
+
+def print_rows(rows: list[dict], as_json: bool, title: str, columns: Sequence[str], cells: Callable[[dict], Sequence]) -> None:
+    """Listing rows as JSON for scripts (``--json``), or as a table for people; ``cells`` turns a
+    row into its table cells (rich Text where a value may hold brackets rich would parse)."""
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*cells(row))
+    Console(width=max(120, Console().width)).print(table)

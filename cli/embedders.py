@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from .app import new_app
+from .app import new_app, print_rows
 
 app = new_app(
     "List the text embedders and fit their label projections.\n\n"
@@ -32,20 +29,13 @@ def list_embedders(
     for row in rows:
         path = projection_path(row["identity"]) if row["identity"] else None
         row["projection"] = str(path) if path is not None and path.is_file() else None
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title="Prismer text embedders")
-    for column in ("name", "package", "priority", "status", "identity", "projection"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        style = "green" if row["ready"] else "yellow"
-        table.add_row(
-            ("* " if row["default"] else "") + row["name"], row["package"], str(row["priority"]),
-            f"[{style}]{row['status']}[/{style}]", row["identity"] or "",
-            row["projection"] or ("not fitted yet" if row["ready"] else ""),
-        )
-    Console(width=max(120, Console().width)).print(table)
+
+    def cells(row: dict) -> list:
+        return [("* " if row["default"] else "") + row["name"], row["package"], str(row["priority"]),
+                Text(row["status"], style="green" if row["ready"] else "yellow"), row["identity"] or "",
+                row["projection"] or ("not fitted yet" if row["ready"] else "")]
+
+    print_rows(rows, as_json, "Prismer text embedders", ("name", "package", "priority", "status", "identity", "projection"), cells)
 
 
 @app.command("fit")
@@ -60,14 +50,9 @@ def fit(
     A projection is fitted once per embedder and then reused; fitting it ahead of a
     multi-process training run saves every process from waiting on it.
     """
-    from prismer_core.errors import PrismerError
+    from prismer_core.experts.settings import parse_key_values
     from prismer_core.semantic import load_label_encoder, projection_path
 
-    settings = {}
-    for text in assignments:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise PrismerError(f"--set {text!r}: write KEY=VALUE, for example --set model=ViT-B-16")
-        settings[key.strip().lower()] = value.strip()
+    settings = {key.lower(): value for key, value in parse_key_values(assignments, "--set", "model=ViT-B-16").items()}
     encoder = load_label_encoder(name, **settings)
     typer.echo(f"{encoder.identity}\n{projection_path(encoder.embedder_identity)}")

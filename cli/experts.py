@@ -2,68 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from prismer_core.registry import get_registry
 
-from .app import new_app
+from .app import new_app, print_rows
 
 app = new_app("List and inspect the installed experts (built-in and third-party plugins).")
-
-
-def _rows() -> list[dict]:
-    """One row per expert, plus one per plugin that failed as a whole (name in brackets).
-
-    ``state`` is one word for scripts (ready, not ready, broken, incompatible, conflict);
-    ``reason`` says why it is not ready; ``status`` is the two together, for people.
-    """
-    registry = get_registry()
-    rows = []
-    for name in sorted(registry.experts):
-        entry = registry.experts[name]
-        spec = entry.spec
-        readiness = registry.readiness(name) if entry.status == "ok" else entry.readiness()
-        state = entry.status if entry.status != "ok" else ("ready" if readiness.ready else "not ready")
-        reason = entry.reason if entry.status != "ok" else ("" if readiness.ready else str(readiness))
-        rows.append(
-            {
-                "name": name,
-                "kind": spec.kind.value if spec else "?",
-                "channels": (64 if spec.is_semantic else spec.channels) if spec else None,
-                "package": entry.plugin.distribution,
-                "version": spec.version if spec else "",
-                "package_version": entry.plugin.version,
-                "plugin": entry.plugin.name,
-                "state": state,
-                "reason": reason,
-                "status": state if not reason else f"{state}: {reason}",
-                "ready": state == "ready",
-            }
-        )
-    for record in sorted(registry.plugins.values(), key=lambda r: r.name):
-        if record.status != "ok":
-            rows.append(
-                {
-                    "name": f"({record.name})",
-                    "kind": "",
-                    "channels": None,
-                    "package": record.distribution,
-                    "version": "",
-                    "package_version": record.version,
-                    "plugin": record.name,
-                    "state": "broken",
-                    "reason": record.reason,
-                    "status": f"broken: {record.reason}",
-                    "ready": False,
-                }
-            )
-    return rows
 
 
 @app.command("list")
@@ -75,22 +23,14 @@ def list_experts(
     Semantic experts feed 64 channels (label embeddings); a broken plugin appears in
     brackets with the reason it failed.
     """
-    rows = _rows()
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title="Prismer experts")
-    for column in ("name", "kind", "channels", "package", "version", "status"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
+    def cells(row: dict) -> list:
         status = row["status"]
         style = "green" if row["ready"] else ("red" if status.startswith(("broken", "conflict", "incompatible")) else "yellow")
-        table.add_row(  # Text, not markup: reasons hold brackets ("[file.py:3]") rich would parse
-            Text(row["name"]), row["kind"], "" if row["channels"] is None else str(row["channels"]),
-            Text(f"{row['package']} {row['package_version']}".strip()), Text(row["version"]),
-            Text(status, style=style),
-        )
-    Console(width=max(120, Console().width)).print(table)
+        return [Text(row["name"]), row["kind"], "" if row["channels"] is None else str(row["channels"]),
+                Text(f"{row['package']} {row['package_version']}".strip()), Text(row["version"]), Text(status, style=style)]
+
+    print_rows(get_registry().status_rows(), as_json, "Prismer experts",
+               ("name", "kind", "channels", "package", "version", "status"), cells)
 
 
 @app.command("info")

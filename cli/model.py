@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prismer_core.errors import PrismerError
-from prismer_core.experts.contract import ExpertKind, ExpertSpec, SpecError
 from prismer_core.registry import get_registry, parse_expert_names
 from prismer_core.specs import list_specs, load_spec
 
@@ -22,49 +20,6 @@ EXPERTS_HELP = (
     "describe one that is not installed as NAME=dense:CHANNELS, NAME=semantic or "
     "NAME=semantic+instances (e.g. depth=dense:1,objdet=semantic+instances)."
 )
-
-
-def resolve_experts(text: str) -> dict[str, ExpertSpec]:
-    """Expert specs for the names given: from the registry, or from an inline description."""
-    experts: dict[str, ExpertSpec] = {}
-    registry = None
-    for item in parse_expert_names(text):
-        name, _, description = item.partition("=")
-        name = name.strip()
-        if description:
-            experts[name] = _described(name, description.strip())
-            continue
-        registry = registry or get_registry()
-        if name not in registry.experts:
-            installed = ", ".join(sorted(registry.experts)) or "none"
-            raise PrismerError(
-                f"expert '{name}' is not installed (installed: {installed}); "
-                f"to count it anyway describe it, e.g. {name}=dense:1 or {name}=semantic"
-            )
-        entry = registry.experts[name]
-        if entry.spec is None:
-            raise PrismerError(f"expert '{name}' is {entry.status}: {entry.reason}")
-        experts[name] = entry.spec
-    return experts
-
-
-def _described(name: str, description: str) -> ExpertSpec:
-    kind, _, rest = description.partition(":")
-    kind, plus, flag = kind.partition("+")
-    try:
-        if kind == "dense" and not plus:
-            spec = ExpertSpec(name, "described", ExpertKind.DENSE, channels=int(rest or 1))
-        elif kind == "semantic" and not rest and flag in ("", "instances"):
-            spec = ExpertSpec(name, "described", ExpertKind.SEMANTIC, open_vocabulary=True, has_instances=bool(flag))
-        else:
-            raise ValueError
-        spec.validate()
-    except (ValueError, SpecError):
-        raise PrismerError(
-            f"cannot read expert description {name}={description!r}: "
-            "use dense:CHANNELS, semantic or semantic+instances"
-        ) from None
-    return spec
 
 
 @app.command("info")
@@ -81,7 +36,7 @@ def info(
     from prismer_core.model import build_model  # imports torch: only when a model is built
 
     model_spec = load_spec(spec)
-    expert_specs = resolve_experts(experts)
+    expert_specs = get_registry().specs_or_described(parse_expert_names(experts))
     model = build_model(model_spec, expert_specs, device="meta")
     report = model.parameter_report()
     total = sum(c.total for c in report.values())

@@ -262,6 +262,76 @@ class Registry:
             raise ExpertUnavailableError(f"cannot use these experts: {'; '.join(problems)}")
         return {name: self.entry(name).spec for name in names}  # type: ignore[misc]
 
+    def status_rows(self) -> list[dict[str, Any]]:
+        """One row per expert, plus one per plugin that failed as a whole (name in brackets).
+
+        ``state`` is one word for scripts (ready, not ready, broken, incompatible, conflict);
+        ``reason`` says why it is not ready; ``status`` is the two together, for people.
+        """
+        rows = []
+        for name in sorted(self.experts):
+            entry = self.experts[name]
+            spec = entry.spec
+            readiness = self.readiness(name) if entry.status == "ok" else entry.readiness()
+            state = entry.status if entry.status != "ok" else ("ready" if readiness.ready else "not ready")
+            reason = entry.reason if entry.status != "ok" else ("" if readiness.ready else str(readiness))
+            rows.append(
+                {
+                    "name": name,
+                    "kind": spec.kind.value if spec else "?",
+                    "channels": (64 if spec.is_semantic else spec.channels) if spec else None,
+                    "package": entry.plugin.distribution,
+                    "version": spec.version if spec else "",
+                    "package_version": entry.plugin.version,
+                    "plugin": entry.plugin.name,
+                    "state": state,
+                    "reason": reason,
+                    "status": state if not reason else f"{state}: {reason}",
+                    "ready": state == "ready",
+                }
+            )
+        for record in sorted(self.plugins.values(), key=lambda r: r.name):
+            if record.status != "ok":
+                rows.append(
+                    {
+                        "name": f"({record.name})",
+                        "kind": "",
+                        "channels": None,
+                        "package": record.distribution,
+                        "version": "",
+                        "package_version": record.version,
+                        "plugin": record.name,
+                        "state": "broken",
+                        "reason": record.reason,
+                        "status": f"broken: {record.reason}",
+                        "ready": False,
+                    }
+                )
+        return rows
+
+    def specs_or_described(self, items: Sequence[str]) -> dict[str, ExpertSpec]:
+        """Specs for ``items``: an installed expert by name, or one described inline as
+        ``NAME=dense:CHANNELS``, ``NAME=semantic`` or ``NAME=semantic+instances`` (to count the
+        parameters of a model with experts that are not installed here)."""
+        experts: dict[str, ExpertSpec] = {}
+        for item in items:
+            name, _, description = item.partition("=")
+            name = name.strip()
+            if description:
+                experts[name] = _described(name, description.strip())
+                continue
+            if name not in self.experts:
+                installed = ", ".join(sorted(self.experts)) or "none"
+                raise PrismerError(
+                    f"expert '{name}' is not installed (installed: {installed}); "
+                    f"to count it anyway describe it, e.g. {name}=dense:1 or {name}=semantic"
+                )
+            entry = self.experts[name]
+            if entry.spec is None:
+                raise PrismerError(f"expert '{name}' is {entry.status}: {entry.reason}")
+            experts[name] = entry.spec
+        return experts
+
     def resolve(self, names: Iterable[str]) -> list[str]:
         """Order experts so that each comes after the experts it depends on (added if needed)."""
         ordered: list[str] = []
@@ -292,6 +362,24 @@ def parse_expert_names(text: str | Sequence[str]) -> list[str]:
         if part and part not in names:
             names.append(part)
     return names
+
+
+def _described(name: str, description: str) -> ExpertSpec:
+    kind, _, rest = description.partition(":")
+    kind, plus, flag = kind.partition("+")
+    try:
+        if kind == "dense" and not plus:
+            spec = ExpertSpec.dense(name, "described", channels=int(rest or 1))
+        elif kind == "semantic" and not rest and flag in ("", "instances"):
+            spec = ExpertSpec.semantic(name, "described", open_vocabulary=True, has_instances=bool(flag))
+        else:
+            raise ValueError
+        spec.validate()
+    except (ValueError, SpecError):
+        raise PrismerError(
+            f"cannot read expert description {name}={description!r}: use dense:CHANNELS, semantic or semantic+instances"
+        ) from None
+    return spec
 
 
 def _allowed(env_value: str | None, names: Iterable[str]) -> bool:

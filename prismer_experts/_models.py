@@ -22,6 +22,9 @@ from prismer_core.experts.contract import Readiness
 from prismer_core.experts.settings import env_var
 from prismer_core.paths import weights_dir
 
+#: What the built-in experts run on: the CPU, and GPUs through torch (or onnxruntime-gpu).
+CPU_AND_GPU = ("cpu", "cuda")
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertOptions, ExpertSpec, Readiness, hookimpl
 
-from ._models import find_pretrained_folder, groups_by_shape, quiet_hub_loading, to_unit_range, torch_dtype
+from ._models import CPU_AND_GPU, find_pretrained_folder, groups_by_shape, quiet_hub_loading, to_unit_range, torch_dtype
 
 
 class DepthOptions(ExpertOptions):
@@ -33,15 +33,8 @@ class DepthOptions(ExpertOptions):
 class Depth(ConfigurableExpert):
     """Relative depth per pixel, 1 = nearest, -1 = farthest."""
 
-    spec = ExpertSpec(
-        name="depth",
-        version="1.0",
-        kind=ExpertKind.DENSE,
-        channels=1,
-        description="Monocular depth (transformers DPT / Depth Anything), 1 = near",
-        needs_weights=True,
-        devices=("cpu", "cuda"),
-    )
+    spec = ExpertSpec.dense("depth", "1.0", channels=1, needs_weights=True, devices=CPU_AND_GPU,
+                            description="Monocular depth (transformers DPT / Depth Anything), 1 = near")
     Options = DepthOptions
 
     def _model_location(self, options: DepthOptions) -> tuple[str | None, Readiness]:

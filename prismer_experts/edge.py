@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertOptions, ExpertSpec, Readiness, hookimpl
 
-from ._models import find_weights_file, groups_by_shape, load_state_dict, torch_dtype
+from ._models import CPU_AND_GPU, find_weights_file, groups_by_shape, load_state_dict, torch_dtype
 
 BACKENDS = ("canny", "hed")
 
@@ -48,14 +48,8 @@ class EdgeOptions(ExpertOptions):
 class Edges(ConfigurableExpert):
     """Edges in [-1, 1]: 1 on an edge, -1 elsewhere (soft values in between for HED)."""
 
-    spec = ExpertSpec(
-        name="edge",
-        version="1.0",
-        kind=ExpertKind.DENSE,
-        channels=1,
-        description="Edges: Canny (OpenCV, no weights) or HED (setting backend=hed)",
-        devices=("cpu", "cuda"),
-    )
+    spec = ExpertSpec.dense("edge", "1.0", channels=1, devices=CPU_AND_GPU,
+                            description="Edges: Canny (OpenCV, no weights) or HED (setting backend=hed)")
     Options = EdgeOptions
 
     def _weights(self, options: EdgeOptions):

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertOutput, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertOptions, ExpertOutput, ExpertSpec, Readiness, hookimpl
 
-from ._models import find_pretrained_folder, groups_by_shape, quiet_hub_loading, torch_dtype, under_weights_dir
+from ._models import CPU_AND_GPU, find_pretrained_folder, groups_by_shape, quiet_hub_loading, torch_dtype, under_weights_dir
 
 
 class NormalOptions(ExpertOptions):
@@ -65,15 +65,8 @@ def normals_from_depth(depth: np.ndarray, relief: float = 0.5, smooth: float = 1
 class Normal(ConfigurableExpert):
     """Surface normals in camera space (x right, y up, z to the camera)."""
 
-    spec = ExpertSpec(
-        name="normal",
-        version="1.0",
-        kind=ExpertKind.DENSE,
-        channels=3,
-        description="Surface normals: Marigold (diffusers) when configured, else geometric from depth",
-        devices=("cpu", "cuda"),
-        depends_on=("depth",),
-    )
+    spec = ExpertSpec.dense("normal", "1.0", channels=3, devices=CPU_AND_GPU, depends_on=("depth",),
+                            description="Surface normals: Marigold (diffusers) when configured, else geometric from depth")
     Options = NormalOptions
 
     def learned(self, options: NormalOptions) -> bool:

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, ExpertKind, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl
+from prismer_core import ConfigurableExpert, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl
 
-from ._models import find_weights_file
+from ._models import CPU_AND_GPU, find_weights_file
 from .vocabularies import COCO_CLASSES, class_name
 
 DEFAULT_CHECKPOINTS = tuple(f"{family}{size}.pt" for family in ("yolo11", "yolov8") for size in "xlmsn")
@@ -69,16 +69,8 @@ def boxes_to_map(height: int, width: int, boxes: np.ndarray, names: Sequence[str
 class ObjectDetection(ConfigurableExpert):
     """COCO objects (YOLO) as box-shaped labels, one instance per box."""
 
-    spec = ExpertSpec(
-        name="objdet",
-        version="1.0",
-        kind=ExpertKind.SEMANTIC,
-        description="COCO object detection (ultralytics YOLO) as labels over the boxes",
-        vocabulary=COCO_CLASSES,
-        has_instances=True,
-        needs_weights=True,
-        devices=("cpu", "cuda"),
-    )
+    spec = ExpertSpec.semantic("objdet", "1.0", vocabulary=COCO_CLASSES, has_instances=True, needs_weights=True,
+                               devices=CPU_AND_GPU, description="COCO object detection (ultralytics YOLO) as labels over the boxes")
     Options = ObjdetOptions
 
     def _weights(self, options: ObjdetOptions):

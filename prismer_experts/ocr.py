@@ -22,8 +22,10 @@ from typing import Protocol
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, ExpertKind, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl, normalize_label
+from prismer_core import ConfigurableExpert, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl, normalize_label
 from prismer_core.paths import weights_dir
+
+from ._models import CPU_AND_GPU
 
 
 BACKENDS = ("rapidocr", "paddleocr")
@@ -175,15 +177,8 @@ READERS: dict[str, type] = {"rapidocr": RapidOcrReader, "paddleocr": PaddleOcrRe
 class Ocr(ConfigurableExpert):
     """Text boxes labelled with the text read in them; one instance per box."""
 
-    spec = ExpertSpec(
-        name="ocr",
-        version="1.0",
-        kind=ExpertKind.SEMANTIC,
-        description="Text read by OCR (rapidocr, or paddleocr) as labels over the text boxes",
-        open_vocabulary=True,
-        has_instances=True,
-        devices=("cpu", "cuda"),
-    )
+    spec = ExpertSpec.semantic("ocr", "1.0", open_vocabulary=True, has_instances=True, devices=CPU_AND_GPU,
+                               description="Text read by OCR (rapidocr, or paddleocr) as labels over the text boxes")
     Options = OcrOptions
 
     def check(self, options: OcrOptions) -> Readiness:

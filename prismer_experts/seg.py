@@ -23,7 +23,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, ExpertKind, ExpertSpec, Readiness, SemanticMap, hookimpl
+from prismer_core import ConfigurableExpert, ExpertSpec, Readiness, SemanticMap, hookimpl
+
+from ._models import CPU_AND_GPU
 
 from .seg_common import SegOptions, clip_weights, model_location, sam_checkpoint
 from .vocabularies import SEGMENTATION_VOCABULARY
@@ -32,16 +34,9 @@ from .vocabularies import SEGMENTATION_VOCABULARY
 class Segmentation(ConfigurableExpert):
     """Semantic regions named by class (transformers models, or segment-anything + CLIP)."""
 
-    spec = ExpertSpec(
-        name="seg",
-        version="1.0",
-        kind=ExpertKind.SEMANTIC,
-        description="Semantic segmentation: transformers (Mask2Former, OneFormer…) or segment-anything + CLIP",
-        vocabulary=SEGMENTATION_VOCABULARY,
-        open_vocabulary=True,
-        needs_weights=True,
-        devices=("cpu", "cuda"),
-    )
+    spec = ExpertSpec.semantic(
+        "seg", "1.0", vocabulary=SEGMENTATION_VOCABULARY, open_vocabulary=True, needs_weights=True, devices=CPU_AND_GPU,
+        description="Semantic segmentation: transformers (Mask2Former, OneFormer…) or segment-anything + CLIP")
     Options = SegOptions
 
     def check(self, options: SegOptions) -> Readiness:

@@ -55,3 +55,23 @@ def cli(monkeypatch):
         return result
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two fighting for a busy machine
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module that wants it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The small model of tests/inference_helpers.py, trained once per session."""
+    from inference_helpers import trained_demo
+
+    return trained_demo(tmp_path_factory.getbasetemp() / "inference-model")

@@ -94,7 +94,7 @@ def test_new_scaffolds_a_package_that_installs_passes_its_tests_and_labels(cli, 
     tests = subprocess.run([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
                            cwd=package, env=env, capture_output=True, text=True)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "3 passed" in tests.stdout
+    assert "4 passed" in tests.stdout
 
     rows = {row["name"]: row for row in json.loads(cli("experts", "list", "--json", site=site).stdout)}
     assert (rows["my_depth"]["package"], rows["my_depth"]["package_version"], rows["my_depth"]["state"]) == (
@@ -102,7 +102,7 @@ def test_new_scaffolds_a_package_that_installs_passes_its_tests_and_labels(cli, 
 
     write_images(tmp_path / "images", 2)
     cli("label", tmp_path / "images", "--experts", "my_depth", "--out", tmp_path / "store", site=site)
-    brightness = LabelStore(tmp_path / "store").read("my_depth", "img000.png").data
+    brightness = LabelStore(tmp_path / "store").read_file("my_depth", tmp_path / "images" / "img000.png").data
     assert brightness.shape == (48, 64, 1) and np.isclose(brightness.min(), 30 / 127.5 - 1, atol=1e-2)
 
 

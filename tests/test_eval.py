@@ -8,25 +8,12 @@ import re
 import shlex
 
 import pytest
-import torch
 from rich.console import Console
 
-from inference_helpers import trained_demo
 from prismer_core.demo import evaluate_demo
 from prismer_core.metrics import caption_scores, mean_vqa_accuracy, top1_accuracy
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo(tmp_path_factory.getbasetemp() / "inference-model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def table_row(output: str, name: str) -> list[float]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ import expert_models
 from prismer_core.data.label_store import LabelStore
 from prismer_experts.vocabularies import ADE20K_CLASSES, COCO_CLASSES
 
-PRISMER = [sys.executable, "-m", "prismer_cli.main"]
 SIX = "depth,normal,edge,seg,objdet,ocr"
 
 
@@ -42,13 +39,13 @@ def test_label_with_edge_and_ocr_writes_store_and_previews(tmp_path, cli):
     assert set(meta["experts"]) == {"edge", "ocr"} and meta["experts"]["ocr"]["has_instances"]
     store = LabelStore(out)
     for i, word in enumerate(["open", "exit"]):
-        ocr = store.read("ocr", f"sign{i}.png")
+        ocr = store.read_file("ocr", images / f"sign{i}.png")
         assert ocr.names == [word] and ocr.instances.max() == 1
-        edge = store.read("edge", f"sign{i}.png")
+        edge = store.read_file("edge", images / f"sign{i}.png")
         assert edge.data.shape == (160, 240, 1)
         assert edge.data[105:115, :, 0].max() == 1.0  # the road's border is an edge
         for expert in ("edge", "ocr"):
-            preview = Image.open(out / "previews" / expert / f"sign{i}.png.png")
+            preview = Image.open(store.preview_path(expert, store.key_of(images / f"sign{i}.png")))
             assert preview.width > 2 * preview.height * 0.9  # the image and its map side by side
             assert np.asarray(preview).std() > 10  # not a blank picture
 
@@ -86,25 +83,24 @@ def test_experts_list_is_truthful_about_weights(tiny_weights, tmp_path, cli, mon
     assert set(statuses().values()) == {"ready"}
 
 
-def test_label_with_all_six_experts_end_to_end(tiny_weights, tmp_path):
+def test_label_with_all_six_experts_end_to_end(tiny_weights, tmp_path, cli, monkeypatch):
     images = tmp_path / "images"
     images.mkdir()
     street_sign(images / "sign.png", "stop", offset=0)
     Image.fromarray(expert_models.photo((240, 320))).save(images / "bus.jpg")
     out = tmp_path / "store"
-    env = {**tiny_weights["env"], "PRISMER_LOAD_PLUGINS": SIX, "PRISMER_DEPTH_MODEL": str(tiny_weights["depth"])}
-    result = subprocess.run(
-        [*PRISMER, "label", str(images), "--experts", SIX, "--out", str(out), "--visualize",
-         "--set", f"seg.model={tiny_weights['seg']}", "--set", f"objdet.model={tiny_weights['objdet']}",
-         "--set", "objdet.min_score=0", "--set", "objdet.image_size=160"],  # random weights: keep every box
-        capture_output=True, text=True, env=env,
-    )
-    assert result.returncode == 0, result.stderr
+    for name, value in {**tiny_weights["env"], "PRISMER_DEPTH_MODEL": str(tiny_weights["depth"])}.items():
+        monkeypatch.setenv(name, value)
+    result = cli("label", images, "--experts", SIX, "--out", out, "--visualize",
+                 "--set", f"seg.model={tiny_weights['seg']}", "--set", f"objdet.model={tiny_weights['objdet']}",
+                 "--set", "objdet.min_score=0", "--set", "objdet.image_size=160",  # random weights: keep every box
+                 load=SIX)
     assert "labelled 2 images" in result.stdout
 
     store = LabelStore(out)
     assert set(json.loads((out / "store.json").read_text())["experts"]) == set(SIX.split(","))
-    for key, size in (("sign.png", (160, 240)), ("bus.jpg", (320, 240))):
+    for name, size in (("sign.png", (160, 240)), ("bus.jpg", (320, 240))):
+        key = store.key_of(images / name)
         assert store.read("depth", key).data.shape == (*size, 1)
         assert store.read("normal", key).data.shape == (*size, 3)
         assert store.read("edge", key).data.shape == (*size, 1)
@@ -112,5 +108,5 @@ def test_label_with_all_six_experts_end_to_end(tiny_weights, tmp_path):
         objdet = store.read("objdet", key)
         assert set(objdet.names) <= set(COCO_CLASSES) and objdet.instances.max() >= 1
         for expert in SIX.split(","):
-            assert (out / "previews" / expert / f"{key}.png").is_file()
-    assert store.read("ocr", "sign.png").names == ["stop"]
+            assert store.preview_path(expert, key).is_file()
+    assert store.read_file("ocr", images / "sign.png").names == ["stop"]

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import numpy as np
 import pytest
 from PIL import Image
 
 from prismer_core.data.label_store import LabelStore
-from prismer_core.experts.settings import SettingError, merged_settings, parse_assignments, parse_options
+from prismer_core.experts.settings import ExpertOptions, SettingError, merged_settings, parse_assignments, parse_options
 
 
-@dataclasses.dataclass
-class Options:
+class Options(ExpertOptions):
     model: str | None = None
     threshold: float = 0.5
     steps: int = 1
@@ -26,8 +24,8 @@ def test_explicit_settings_win_over_the_environment():
 
 def test_options_are_typed_from_strings():
     options = parse_options(Options, {"model": "/w", "threshold": "0.25", "steps": "4", "half": "no"}, "depth")
-    assert options == Options("/w", 0.25, 4, False)
-    assert parse_options(Options, {"model": "none", "threshold": 1}, "depth") == Options(None, 1.0)
+    assert options == Options(model="/w", threshold=0.25, steps=4, half=False)
+    assert parse_options(Options, {"model": "none", "threshold": 1}, "depth") == Options(model=None, threshold=1.0)
 
 
 @pytest.mark.parametrize(
@@ -66,9 +64,9 @@ def test_label_cli_passes_set_and_environment_to_the_expert(tmp_path, cli, monke
                    load="edge", check=check)
 
     label("from-env")
-    assert LabelStore(tmp_path / "from-env").read("edge", "faint.png").data.max() == 1.0
+    assert LabelStore(tmp_path / "from-env").read_file("edge", tmp_path / "faint.png").data.max() == 1.0
     label("from-set", "--set", "edge.low=100", "--set", "edge.high=200")
-    assert LabelStore(tmp_path / "from-set").read("edge", "faint.png").data.max() == -1.0  # --set wins
+    assert LabelStore(tmp_path / "from-set").read_file("edge", tmp_path / "faint.png").data.max() == -1.0  # --set wins
 
     bad = label("bad", "--set", "edge.hgh=50", check=False)
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and len(bad.stderr.splitlines()) == 1

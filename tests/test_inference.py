@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from inference_helpers import CAPTION_PROMPT, trained_demo
+from inference_helpers import CAPTION_PROMPT
 from model_helpers import experts, small_spec
 from prismer_core.checkpoint import save_checkpoint
 from prismer_core.text import task_prompt
@@ -24,18 +24,7 @@ from prismer_core.model import build_model
 ANSWERS = ["one", "two", "three", "four", "red", "blue", "circle", "left"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two fighting for a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo(tmp_path_factory.getbasetemp() / "inference-model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""`prismer label` as a user runs it: store layout, resume after a kill, bad input."""
+"""`prismer label` as a user runs it: store layout, resume after a kill, bad input.
+
+The commands run in this process (typer's runner); the kill test needs a real process."""
 
 from __future__ import annotations
 
@@ -32,14 +34,13 @@ def make_images(folder: Path, count: int, size: int = 96) -> list[Path]:
     return paths
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*PRISMER, *args], capture_output=True, text=True, env=ENV)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
+@pytest.fixture
+def run(cli):
+    """``run("label", ...)``: the command in this process with only the edge expert loaded."""
+    return lambda *args, check=True: cli(*args, load="edge", check=check)
 
 
-def test_label_writes_store_and_previews(tmp_path):
+def test_label_writes_store_and_previews(run, tmp_path):
     make_images(tmp_path / "images" / "sub", 3)
     out = tmp_path / "store"
     result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--visualize")
@@ -48,10 +49,12 @@ def test_label_writes_store_and_previews(tmp_path):
     meta = json.loads((out / "store.json").read_text())
     assert meta["experts"]["edge"]["version"] == "1.0"
     store = LabelStore(out)
-    edge = store.read("edge", "sub/img000.png")
+    first = tmp_path / "images" / "sub" / "img000.png"
+    edge = store.read_file("edge", first)
     assert edge.data.shape == (96, 96, 1) and edge.data.dtype == np.float32
     assert edge.data.max() == pytest.approx(1.0) and edge.data.min() == pytest.approx(-1.0)
-    preview = Image.open(out / "previews" / "edge" / "sub" / "img000.png.png")
+    assert store.images()[store.key_of(first)] == [str(first)]  # where it came from, for people
+    preview = Image.open(store.preview_path("edge", store.key_of(first)))
     assert preview.width > preview.height  # image and map side by side
     assert not list(out.rglob("*.tmp"))
 
@@ -59,7 +62,7 @@ def test_label_writes_store_and_previews(tmp_path):
     assert "labelled 0 images" in again.stdout and "3 already done" in again.stdout
 
 
-def test_store_records_settings_and_refuses_to_mix_in_other_ones(tmp_path):
+def test_store_records_settings_and_refuses_to_mix_in_other_ones(run, tmp_path):
     make_images(tmp_path / "images", 2)
     out = tmp_path / "store"
     run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--set", "edge.low=50")
@@ -68,7 +71,7 @@ def test_store_records_settings_and_refuses_to_mix_in_other_ones(tmp_path):
 
     make_images(tmp_path / "more", 1)[0].rename(tmp_path / "more" / "new.png")
     other = run("label", str(tmp_path / "more"), "--experts", "edge", "--out", str(out), check=False)
-    assert other.returncode == 1
+    assert other.exit_code == 1
     assert "holds 'edge' labels made with low=50, but this run uses default settings" in other.stderr
     assert "Traceback" not in other.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written
@@ -77,18 +80,18 @@ def test_store_records_settings_and_refuses_to_mix_in_other_ones(tmp_path):
     assert "labelled 1 images" in same.stdout
 
 
-def test_killed_run_resumes_without_redoing_finished_images(tmp_path):
+def test_killed_run_resumes_without_redoing_finished_images(run, tmp_path):
     make_images(tmp_path / "images", 150, size=256)
     out = tmp_path / "store"
     command = [*PRISMER, "label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out),
                "--visualize", "--batch-size", "1"]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while len(list((out / "edge").glob("*.npz"))) < 10 and time.monotonic() < deadline:
+    while len(list((out / "edge").rglob("*.npz"))) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in (out / "edge").glob("*.npz")}
+    finished = {p: p.stat().st_mtime_ns for p in (out / "edge").rglob("*.npz")}
     assert 10 <= len(finished) < 150, "the kill should land midway"
     for leftover in out.rglob(".*.tmp"):  # a write cut by the kill: age it past the staleness limit
         os.utime(leftover, (time.time() - 3600, time.time() - 3600))
@@ -96,26 +99,26 @@ def test_killed_run_resumes_without_redoing_finished_images(tmp_path):
     result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--visualize", "--batch-size", "1")
     redone = 150 - int(result.stdout.split("labelled ")[1].split(" ")[0])
     assert redone >= len(finished) - 1  # at most the image in flight when killed is redone
-    files = list((out / "edge").glob("*.npz"))
+    files = list((out / "edge").rglob("*.npz"))
     assert len(files) == 150
     for path in files:  # every file is complete and readable
-        assert LabelStore(out).read("edge", path.name[: -len(".npz")]).data.shape == (256, 256, 1)
-    unchanged = [n for n, t in finished.items() if (out / "edge" / n).stat().st_mtime_ns == t]
+        assert LabelStore(out).read("edge", path.stem).data.shape == (256, 256, 1)
+    unchanged = [p for p, t in finished.items() if p.stat().st_mtime_ns == t]
     assert len(unchanged) >= len(finished) - 1
     assert not list(out.rglob(".*.tmp"))
 
 
-def test_corrupt_image_stops_with_its_name_and_leaves_no_partial_files(tmp_path):
+def test_corrupt_image_stops_with_its_name_and_leaves_no_partial_files(run, tmp_path):
     make_images(tmp_path / "images", 2)
     (tmp_path / "images" / "img001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "store"
     result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out),
                  "--batch-size", "1", check=False)
-    assert result.returncode == 1
+    assert result.exit_code == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and "img001.png" in error_lines[0]
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in (out / "edge").glob("*")) == ["img000.png.npz"]
+    assert LabelStore(out).keys("edge") == {LabelStore.key_of(tmp_path / "images" / "img000.png")}
 
     skipped = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--skip-bad-images")
     assert "skipped 1 unreadable images" in skipped.stderr
@@ -128,28 +131,56 @@ def test_corrupt_image_stops_with_its_name_and_leaves_no_partial_files(tmp_path)
         (["--experts", ""], "no experts given"),
     ],
 )
-def test_bad_expert_names_are_one_line_errors(tmp_path, args, message):
+def test_bad_expert_names_are_one_line_errors(run, tmp_path, args, message):
     make_images(tmp_path / "images", 1)
     result = run("label", str(tmp_path / "images"), *args, "--out", str(tmp_path / "store"), check=False)
-    assert result.returncode == 1 and message in result.stderr
+    assert result.exit_code == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_missing_input_and_bad_manifest(tmp_path):
+def test_missing_input_and_bad_manifest(run, tmp_path):
     result = run("label", str(tmp_path / "nowhere"), "--experts", "edge", "--out", str(tmp_path / "s"), check=False)
-    assert result.returncode == 1 and "input not found" in result.stderr
+    assert result.exit_code == 1 and "data not found" in result.stderr
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"image": "a.png"}\n{"caption": "no image"}\n')
     result = run("label", str(manifest), "--experts", "edge", "--out", str(tmp_path / "s"), check=False)
-    assert result.returncode == 1 and "m.jsonl:2" in result.stderr
+    assert result.exit_code == 1 and "m.jsonl:2" in result.stderr
 
 
-def test_manifest_input_and_shards_fill_one_store(tmp_path):
+def test_manifest_input_and_shards_fill_one_store(run, tmp_path):
     paths = make_images(tmp_path / "data" / "img", 4)
     manifest = tmp_path / "data" / "train.jsonl"
     manifest.write_text("".join(json.dumps({"image": f"img/{p.name}", "caption": "x"}) + "\n" for p in paths))
     out = tmp_path / "store"
     for shard in ("0/2", "1/2"):
         run("label", str(manifest), "--experts", "edge", "--out", str(out), "--shard", shard)
-    assert sorted(p.name for p in (out / "edge" / "img").glob("*.npz")) == [f"{p.name}.npz" for p in paths]
+    assert LabelStore(out).keys("edge") == {LabelStore.key_of(p) for p in paths}
+
+
+def test_coco_vqav2_and_tar_shards_label_by_content_once(run, tmp_path):
+    """Every format the reader knows can be labelled; an image listed by several of them (or
+    twice in one) is labelled once, and found by content whatever path reaches it."""
+    import tarfile
+
+    paths = make_images(tmp_path / "coco" / "val2014", 3)
+    for index, path in enumerate(paths):
+        path.rename(path.with_name(f"COCO_val2014_{index:012d}.jpg"))
+    coco = tmp_path / "captions_val2014.json"
+    coco.write_text(json.dumps({"images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in range(3)],
+                                "annotations": [{"image_id": i % 3, "caption": "x"} for i in range(6)]}))
+    questions = tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json"
+    questions.write_text(json.dumps({"data_subtype": "val2014", "questions": [{"image_id": 1, "question": "q?", "question_id": 7}]}))
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as archive:
+        archive.add(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000002.jpg", "sample2.jpg")
+        make_images(tmp_path / "extra", 1)
+        archive.add(tmp_path / "extra" / "img000.png", "sample9.png")
+    out = tmp_path / "store"
+    first = run("label", coco, "--experts", "edge", "--out", out, "--image-root", tmp_path / "coco" / "val2014")
+    assert "labelled 3 images" in first.stdout
+    again = run("label", questions, "--experts", "edge", "--out", out, "--image-root", tmp_path / "coco")
+    assert "labelled 0 images" in again.stdout and "1 already done" in again.stdout
+    tar = run("label", shard, "--experts", "edge", "--out", out)
+    assert "labelled 1 images" in tar.stdout and "1 already done" in tar.stdout  # sample2 is a COCO image
+    assert len(LabelStore(out).keys("edge")) == 4

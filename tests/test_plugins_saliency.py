@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from plugin_helpers import plugin_env, run_prismer
+
 from prismer_core.data.label_store import LabelStore
 
 
-def test_installed_example_plugin_labels_what_stands_out(plugin_site, tmp_path):
+def test_installed_example_plugin_labels_what_stands_out(plugin_site, cli, tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -27,14 +27,13 @@ def test_installed_example_plugin_labels_what_stands_out(plugin_site, tmp_path):
         Image.fromarray(image).save(folder / f"scene{i}.png")
 
     out = tmp_path / "store"
-    result = run_prismer("label", str(folder), "--experts", "saliency,edge", "--out", str(out), "--visualize",
-                         env=plugin_env(plugin_site))
+    result = cli("label", folder, "--experts", "saliency,edge", "--out", out, "--visualize", site=plugin_site)
     assert "labelled 2 images" in result.stdout
 
     store = LabelStore(out)
     assert store.experts()["saliency"]["plugin"] == "prismer-saliency 1.0.0"
     for key, disc in discs.items():
-        saliency = store.read("saliency", key).data[..., 0]
+        saliency = store.read_file("saliency", folder / key).data[..., 0]
         assert saliency.shape == (80, 100)
         assert saliency[disc].mean() > saliency[~disc].mean() + 0.5
-        assert (out / "previews" / "saliency" / f"{key}.png").exists()
+        assert store.preview_path("saliency", store.key_of(folder / key)).exists()

@@ -8,28 +8,28 @@ import math
 
 from safetensors.torch import load_file
 
-from plugin_helpers import plugin_env, run_prismer
 
 STEM = "encoder.stems.saliency."
 
 
-def test_train_builds_a_stem_for_an_installed_third_party_expert(plugin_site, tmp_path):
+def test_train_builds_a_stem_for_an_installed_third_party_expert(plugin_site, cli, tmp_path):
     # A user who installed prismer and prismer-saliency (and none of the test plugins).
-    env = plugin_env(plugin_site, load="prismer,prismer-saliency")
+    user = dict(site=plugin_site, load="prismer,prismer-saliency")
     demo, run = tmp_path / "demo", tmp_path / "run"
-    run_prismer("data", "demo", "--out", str(demo), "--n", "10", "--size", "64", env=env)
-    result = run_prismer(
-        "train", "--data", str(demo / "train.jsonl"), "--experts", "saliency,edge", "--task", "caption",
-        "--out", str(run), "--max-steps", "2", "--checkpoint-every", "1",
+    cli("data", "demo", "--out", demo, "--n", "10", "--size", "64", **user)
+    result = cli(
+        "train", "--data", demo / "train.jsonl", "--experts", "saliency,edge", "--task", "caption",
+        "--out", run, "--max-steps", "2", "--checkpoint-every", "1",
         "--spec", "tiny", "--spec-set", "image_size=32", "--batch-size", "4", "--workers", "0", "--threads", "1",
-        "--set", "saliency.size=32", env=env,
+        "--set", "saliency.size=32", **user,
     )
     assert "trained to step 2" in result.stdout
 
     # The run and its checkpoint record the plugin's expert with the version it declares
     # (and the run, the settings it ran with).
     record = json.loads((run / "run.json").read_text())
-    assert record["experts"]["saliency"] == {"version": "1.0", "kind": "dense", "channels": 1, "settings": {"size": "32"}}
+    assert record["experts"]["saliency"] == {"version": "1.0", "kind": "dense", "channels": 1, "has_instances": False,
+                                             "settings": {"size": "32"}}
     checkpoint = run / "checkpoints" / "step-000002"
     recorded = {e["name"]: e for e in json.loads((checkpoint / "prismer.json").read_text())["experts"]}
     assert sorted(recorded) == ["edge", "saliency"]

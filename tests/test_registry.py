@@ -51,11 +51,10 @@ def test_a_plugin_that_fails_to_import_is_listed_as_broken_and_the_rest_works(pl
     assert "prismer_broken/__init__.py:1" in broken["reason"]  # where, in the plugin's own code
     assert rows["edge"]["ready"] and rows["hello"]["ready"]
 
-    env = plugin_env(plugin_site)
     write_images(tmp_path / "images", 2)
-    result = run_prismer("label", str(tmp_path / "images"), "--experts", "edge,hello", "--out", str(tmp_path / "store"), env=env)
+    result = cli("label", tmp_path / "images", "--experts", "edge,hello", "--out", tmp_path / "store", site=plugin_site)
     assert "labelled 2 images" in result.stdout
-    assert len(list((tmp_path / "store" / "hello").glob("*.npz"))) == 2
+    assert len(list((tmp_path / "store" / "hello").rglob("*.npz"))) == 2
 
     refused = cli("label", tmp_path / "images", "--experts", "broken", "--out", tmp_path / "s2", site=plugin_site, check=False)
     assert refused.exit_code == 1

@@ -174,9 +174,18 @@ class LabelStore:
             found.setdefault(record["key"], []).append(record["image"])
         return found
 
+    @staticmethod
+    def key_of(image: str | Path) -> str:
+        """The key the image file at ``image`` is stored under (its content hash)."""
+        return content_key(Path(image).read_bytes())
+
+    def keys(self, expert: str) -> set[str]:
+        """The keys of every image ``expert`` has labels for here."""
+        return {path.stem for path in (self.root / expert).rglob("*.npz")}
+
     def read_file(self, expert: str, image: str | Path) -> ExpertOutput:
         """The labels of the image file at ``image``, found by its content."""
-        return self.read(expert, content_key(Path(image).read_bytes()))
+        return self.read(expert, self.key_of(image), str(image))
 
     def has(self, expert: str, key: str) -> bool:
         return self.path(expert, key).exists()

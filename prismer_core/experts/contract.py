@@ -63,6 +63,17 @@ class ExpertSpec:
     depends_on: tuple[str, ...] = ()
     contract_version: int = CONTRACT_VERSION
 
+    @classmethod
+    def dense(cls, name: str, version: str, channels: int, description: str = "", **declared: Any) -> "ExpertSpec":
+        """A dense expert's spec: a float map of ``channels`` channels in [-1, 1]."""
+        return cls(name, version, ExpertKind.DENSE, channels, description, **declared)
+
+    @classmethod
+    def semantic(cls, name: str, version: str, description: str = "", **declared: Any) -> "ExpertSpec":
+        """A semantic expert's spec: one label per pixel, from a ``vocabulary`` (or
+        ``open_vocabulary=True``), with ``has_instances=True`` when it separates objects."""
+        return cls(name, version, ExpertKind.SEMANTIC, 1, description, **declared)
+
     def validate(self) -> None:
         """Raise :class:`SpecError` with a readable reason when the declaration is unusable."""
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):

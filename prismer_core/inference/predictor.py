@@ -140,13 +140,10 @@ class Predictor:
     ) -> list[str]:
         """One caption per image: the text written after ``prompt`` (default: the prompt the
         model was trained with), by beam search with the decoder's key/value cache."""
-        prompt = self.caption_prompt if prompt is None else prompt
-        captions: list[str] = []
-        for chunk, inputs in self._batches(as_inputs(images), batch_size, progress):
-            ids = self.model.generate(inputs, self.codec.prompt_batch([prompt]), end_token_id=self.codec.end_id,
-                                      num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length)
-            captions += self.codec.decode(ids)
-        return captions
+        refs = as_inputs(images)
+        prompts = [self.caption_prompt if prompt is None else prompt] * len(refs)
+        return self._write(refs, prompts, batch_size, progress, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                           min_length=min_length)
 
     def answer(
         self,
@@ -160,12 +157,7 @@ class Predictor:
     ) -> list[str]:
         """Open-ended answers: generated after the training prompt of each question."""
         refs, prompts = self._questions(images, questions)
-        answers: list[str] = []
-        for chunk, inputs in self._batches(refs, batch_size, progress):
-            ids = self.model.generate(inputs, self.codec.prompt_batch([prompts[i] for i in chunk]),
-                                      end_token_id=self.codec.end_id, num_beams=num_beams, max_new_tokens=max_new_tokens)
-            answers += self.codec.decode(ids)
-        return answers
+        return self._write(refs, prompts, batch_size, progress, num_beams=num_beams, max_new_tokens=max_new_tokens)
 
     def rank(
         self,
@@ -222,6 +214,14 @@ class Predictor:
         return ModelInputs.concat(parts).to(self.device, self.dtype)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _write(self, refs: list[ImageRef], prompts: list[str], batch_size: int, progress: Progress | None, **options: Any) -> list[str]:
+        """The text the model writes after each image's prompt (``options``: those of ``generate``)."""
+        texts: list[str] = []
+        for chunk, inputs in self._batches(refs, batch_size, progress):
+            rows = self.codec.prompt_batch([prompts[i] for i in chunk])
+            texts += self.codec.decode(self.model.generate(inputs, rows, end_token_id=self.codec.end_id, **options))
+        return texts
+
     def _questions(self, images: ImageLike | Sequence[ImageLike], questions: str | Sequence[str]) -> tuple[list[ImageRef], list[str]]:
         refs = as_inputs(images)
         questions = [questions] * len(refs) if isinstance(questions, str) else list(questions)

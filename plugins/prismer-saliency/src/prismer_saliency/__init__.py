@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prismer_core import ConfigurableExpert, DenseMap, ExpertKind, ExpertOptions, ExpertSpec, Readiness, hookimpl
+from prismer_core import ConfigurableExpert, DenseMap, ExpertOptions, ExpertSpec, Readiness, hookimpl
 
 __version__ = "1.0.0"
 
@@ -38,14 +38,8 @@ class SpectralResidualSaliency(ConfigurableExpert):
     the paper) and ``sigma`` (blur of the map at that size, default 2.5 pixels).
     """
 
-    spec = ExpertSpec(
-        name="saliency",
-        version="1.0",
-        kind=ExpertKind.DENSE,
-        channels=1,
-        description="Spectral-residual visual saliency (Hou & Zhang 2007) on Lab channels; no weights",
-    )
-
+    spec = ExpertSpec.dense("saliency", "1.0", channels=1,
+                            description="Spectral-residual visual saliency (Hou & Zhang 2007) on Lab channels; no weights")
     Options = SaliencyOptions
 
     def check(self, options: SaliencyOptions) -> Readiness:
