@@ -159,3 +159,25 @@ def test_an_expert_whose_dependency_is_not_ready_is_not_ready(monkeypatch):
     readiness = registry.readiness("normal")
     assert not readiness.ready
     assert "needs expert 'depth'" in readiness.reason
+
+
+def test_an_expert_runs_only_on_the_devices_it_declares_and_says_so_once(site_registry, caplog, monkeypatch):
+    """`hello` declares the CPU only (the default): asked for a GPU it runs on the CPU, with one
+    notice; `edge` declares both, so it gets the device asked for."""
+    import logging
+
+    import numpy as np
+
+    import prismer_core.runner
+
+    monkeypatch.setattr(prismer_core.runner, "_SAID", set())  # what earlier tests were told does not count
+    runner = ExpertRunner(["hello", "edge"], registry=site_registry, device="cuda:1")
+    with caplog.at_level(logging.WARNING, logger="prismer"):
+        assert runner.device_for("hello") == "cpu"
+        assert runner.device_for("hello") == "cpu"
+        assert runner.device_for("edge") == "cuda:1"
+    notices = [r.getMessage() for r in caplog.records if "runs on cpu" in r.getMessage()]
+    assert notices == ["expert 'hello' runs on cpu: it supports cpu, not cuda:1"]
+    only_hello = ExpertRunner(["hello"], registry=site_registry, device="cuda")
+    (output,) = only_hello([np.zeros((8, 8, 3), np.uint8)], ["black"])["hello"]  # loaded and run on the CPU
+    assert output.data.shape == (8, 8, 1)
