@@ -69,7 +69,7 @@ def test_store_records_settings_and_refuses_to_mix_in_other_ones(run, tmp_path):
     assert LabelStore(out).settings("edge") == {"low": "50"}
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
 
-    make_images(tmp_path / "more", 1)[0].rename(tmp_path / "more" / "new.png")
+    make_images(tmp_path / "more", 1, size=80)[0].rename(tmp_path / "more" / "new.png")  # not a copy of one labelled
     other = run("label", str(tmp_path / "more"), "--experts", "edge", "--out", str(out), check=False)
     assert other.exit_code == 1
     assert "holds 'edge' labels made with low=50, but this run uses default settings" in other.stderr
@@ -143,6 +143,7 @@ def test_missing_input_and_bad_manifest(run, tmp_path):
     assert result.exit_code == 1 and "data not found" in result.stderr
 
     manifest = tmp_path / "m.jsonl"
+    make_images(tmp_path, 1)[0].rename(tmp_path / "a.png")
     manifest.write_text('{"image": "a.png"}\n{"caption": "no image"}\n')
     result = run("label", str(manifest), "--experts", "edge", "--out", str(tmp_path / "s"), check=False)
     assert result.exit_code == 1 and "m.jsonl:2" in result.stderr
@@ -174,7 +175,7 @@ def test_coco_vqav2_and_tar_shards_label_by_content_once(run, tmp_path):
     shard = tmp_path / "shard-000.tar"
     with tarfile.open(shard, "w") as archive:
         archive.add(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000002.jpg", "sample2.jpg")
-        make_images(tmp_path / "extra", 1)
+        make_images(tmp_path / "extra", 1, size=64)  # not one of the COCO images
         archive.add(tmp_path / "extra" / "img000.png", "sample9.png")
     out = tmp_path / "store"
     first = run("label", coco, "--experts", "edge", "--out", out, "--image-root", tmp_path / "coco" / "val2014")
