@@ -30,15 +30,31 @@ def serve(
     With --checkpoint the page writes captions (beam 3) and answers questions (open-ended, or by ranking an answer list), and shows which experts ran and how long each stage took. Without, it draws the maps of any ready experts chosen in the page. Requests run one at a time; up to --queue-size wait, with their place in the queue shown.
     """
     try:
+        import fastapi  # noqa: F401
         import uvicorn
-
-        from prismer_core.serve.web import create_app
     except ImportError as exc:
         raise PrismerError(f"`prismer serve` needs the web server packages ({exc.name} is missing): pip install 'prismer[serve]'") from None
+    listener = _listen(host, port)  # before the slow loading, so a taken port fails at once
+    try:
+        app, viewer, offered = _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, device, precision, assignments)
+        bound_host, bound_port = listener.getsockname()[:2]
+        typer.echo(f"experts: {', '.join(viewer.model_experts) or 'none'} in the model; ready to draw: {', '.join(viewer.ready_experts) or 'none'}", err=True)
+        typer.echo(f"examples: {len(offered)}" + (f" from {offered.source}" if offered.source else ""), err=True)
+        if not _is_loopback(bound_host):
+            typer.echo(f"warning: listening on {bound_host}, reachable from other machines; the page has no login", err=True)
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        typer.echo(f"Prismer page: http://{url_host}:{bound_port}/  (Ctrl+C stops it)")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+    finally:
+        listener.close()
+
+
+def _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, device, precision, assignments):
+    """The app and what it serves: the checkpoint's predictor (if any), the viewer, the examples."""
     from prismer_core.experts.settings import parse_assignments
     from prismer_core.serve import UploadLimits, Viewer
+    from prismer_core.serve.web import create_app
 
-    listener = _listen(host, port)  # before the slow loading, so a taken port fails at once
     predictor = None
     if checkpoint is not None:
         typer.echo(f"loading {checkpoint} ...", err=True)
@@ -49,16 +65,7 @@ def serve(
     viewer = Viewer(predictor, device=device, expert_settings=settings)
     offered = _examples(examples, predictor)
     limits = UploadLimits(round(max_upload_mb * 2**20), round(max_megapixels * 1e6))
-    app = create_app(viewer, limits=limits, examples=offered, max_waiting=queue_size)
-    bound_host, bound_port = listener.getsockname()[:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    typer.echo(f"experts: {', '.join(viewer.model_experts) or 'none'} in the model; ready to draw: {', '.join(viewer.ready_experts) or 'none'}", err=True)
-    typer.echo(f"examples: {len(offered)}" + (f" from {offered.source}" if offered.source else ""), err=True)
-    if not _is_loopback(bound_host):
-        typer.echo(f"warning: listening on {bound_host}, reachable from other machines; the page has no login", err=True)
-    typer.echo(f"Prismer page: http://{url_host}:{bound_port}/  (Ctrl+C stops it)", err=False)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    server.run(sockets=[listener])
+    return create_app(viewer, limits=limits, examples=offered, max_waiting=queue_size), viewer, offered
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -78,7 +85,10 @@ def _examples(folder: Path | None, predictor):
     from prismer_core.serve import Examples
 
     if folder is not None:
-        return Examples.from_folder(folder)
+        try:
+            return Examples.from_folder(folder)
+        except PrismerError as exc:
+            raise PrismerError(f"--examples {folder}: {exc}") from None
     if predictor is None:
         return Examples([])
     return Examples.from_checkpoint_data(read_checkpoint_info(predictor.checkpoint).extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import io
 import re
+import socket
 import threading
 import time
 
@@ -275,3 +276,21 @@ def test_the_api_refuses_bad_input_with_a_message_and_keeps_serving(trained, cli
     for escape in ("/api/examples/../../etc/passwd", "/api/examples/%2e%2e%2fsecret", "/static/../pyproject.toml"):
         assert client.get(escape).status_code == 404
     assert finished(client, upload("a.png", path.read_bytes(), caption="false"))["state"] == "done"
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def test_serve_says_in_one_line_why_it_cannot_start(cli, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = cli("serve", "--port", port, check=False)
+    assert busy.exit_code == 1
+    assert busy.stderr == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use (choose another --port or --host)\n"
+    for args, message in [
+        (("--checkpoint", tmp_path / "nothing"), f"Error: {tmp_path / 'nothing'} is not a Prismer checkpoint"),
+        (("--examples", tmp_path / "none"), f"Error: --examples {tmp_path / 'none'}: input not found"),
+    ]:
+        result = cli("serve", "--port", "0", *args, check=False)
+        assert result.exit_code == 1 and result.stderr.splitlines()[-1].startswith(message), result.stderr
