@@ -55,3 +55,11 @@ def cli(monkeypatch):
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """The small model of tests/inference_helpers.py (edge expert), trained once per session."""
+    from inference_helpers import trained_demo
+
+    return trained_demo(tmp_path_factory.getbasetemp() / "inference-model")

@@ -15,11 +15,9 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from inference_helpers import trained_demo
 from plugin_helpers import site_entry_points, write_images
 from serve_helpers import QUESTION, preview_size
 from prismer_core.data.images import read_rgb
@@ -31,17 +29,10 @@ from prismer_core.serve import (
 )
 from prismer_core.serve.web import create_app
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo(tmp_path_factory.getbasetemp() / "inference-model")
+def trained(trained_model):
+    return trained_model
 
 
 @pytest.fixture(scope="module")

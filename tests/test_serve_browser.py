@@ -19,15 +19,14 @@ from selenium.webdriver.common.by import By
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.support.ui import WebDriverWait
 
-from inference_helpers import trained_demo
 from serve_helpers import QUESTION, chromium, missing_browser, preview_size, serve_process
 
 QUEUE_SIZE = 4
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo(tmp_path_factory.getbasetemp() / "inference-model")
+def trained(trained_model):
+    return trained_model
 
 
 @pytest.fixture(scope="module")

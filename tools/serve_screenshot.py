@@ -42,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="demo_out/runs/experts")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "serve.png")
-    parser.add_argument("--size", default="1400x1320", help="window WIDTHxHEIGHT")
+    parser.add_argument("--size", default="1400x1100", help="window WIDTHxHEIGHT")
     args = parser.parse_args()
     problem = missing_browser()
     if problem:
