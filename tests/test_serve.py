@@ -22,6 +22,7 @@ from plugin_helpers import site_entry_points, write_images
 from serve_helpers import QUESTION, preview_size
 from prismer_core.data.images import read_rgb
 from prismer_core.errors import PrismerError
+from prismer_core.experts.validate import ExpertOutputError
 from prismer_core.inference import Predictor
 from prismer_core.registry import load_registry
 from prismer_core.serve import (
@@ -122,6 +123,26 @@ def test_an_expert_that_fails_gets_a_message_and_the_others_are_drawn(plugin_sit
     assert failed.png is None and drawn.png is not None and result.experts_ran == ["edge"]
     assert failed.error == (f"expert 'faulty_raise' (from prismer-faulty 1.0.0) on image {marked.name}: "
                             "predict() raised RuntimeError: cannot handle this picture")
+
+
+def test_when_the_model_fails_the_page_says_so_and_keeps_the_panels(trained):
+    class FailingPredictor:
+        """Stands in for a Predictor whose expert breaks inside the model's input path."""
+        checkpoint, experts = "runs/broken", ["edge"]
+
+        def caption(self, images, **options):
+            raise ExpertOutputError("edge", "image 0 (array)", "predict() raised RuntimeError: boom", "prismer-edge 1.0")
+
+        def answer(self, images, questions, **options):
+            raise RuntimeError("a bug")
+
+    path = trained.test_images()[0]
+    result = Viewer(FailingPredictor()).look(LookRequest(read_rgb(path), path.name, question=QUESTION))
+    assert result.experts_ran == ["edge"] and result.caption is None and result.answer is None
+    assert result.errors == {
+        "caption": "expert 'edge' (from prismer-edge 1.0) on image image 0 (array): predict() raised RuntimeError: boom",
+        "answer": "the answer failed: RuntimeError: a bug",
+    }
 
 
 # -- uploads ------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ class Viewer:
             if stage.startswith("expert "):
                 result.panels.append(self._panel(stage.removeprefix("expert "), request))
             elif stage == "caption":
-                self._attempt(result, "caption", lambda: setattr(result, "caption", self.predictor.caption([request.image], num_beams=BEAMS)[0]))
+                result.caption = self._attempt(result, "caption", lambda: self.predictor.caption([request.image], num_beams=BEAMS)[0])
             else:
                 self._attempt(result, "answer", lambda: self._answer(result, request))
             result.timings.append((self._stage_label(stage, request), time.perf_counter() - start))
@@ -178,13 +178,15 @@ class Viewer:
             result.answer = self.predictor.answer([request.image], [request.question], num_beams=BEAMS)[0]
 
     @staticmethod
-    def _attempt(result: LookResult, part: str, work: Callable[[], None]) -> None:
+    def _attempt(result: LookResult, part: str, work: Callable[[], Any]) -> Any:
+        """``work()``, or None with its failure written to ``result.errors[part]``."""
         try:
-            work()
+            return work()
         except PrismerError as exc:
             result.errors[part] = str(exc)
-        except Exception as exc:
+        except Exception as exc:  # the page reports it; the server keeps serving
             result.errors[part] = f"the {part} failed: {type(exc).__name__}: {exc}"
+        return None
 
     @staticmethod
     def _stage_label(stage: str, request: LookRequest) -> str:
