@@ -124,7 +124,22 @@ def test_the_page_in_chromium_shows_panels_caption_and_answers(trained, server, 
 
     browser.find_element(By.CSS_SELECTOR, "#examples button").click()  # the server still serves
     until(browser, lambda d: text(d, "error") == "" and text(d, "status").startswith("Done"), "an example's result")
-    assert text(browser, "caption")
+    assert text(browser, "caption") and text(browser, "image-name") == sorted((trained.demo / "images" / "test").iterdir())[0].name
+
+    browser.execute_async_script(DROP_FILE, image.read_bytes().hex(), "dropped.png")  # drag and drop
+    until(browser, lambda d: text(d, "image-name") == "dropped.png" and text(d, "status").startswith("Done"), "the dropped image's result")
+    assert text(browser, "caption") == caption
+
+
+#: Drops a file (hex bytes, name) on the page's drop zone, as a drag from the desktop would.
+DROP_FILE = """
+const [hex, name, done] = arguments;
+const bytes = new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], name, {type: "image/png"}));
+document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+done();
+"""
 
 
 def test_twenty_concurrent_requests_are_each_answered_or_told_to_wait(trained, server):
