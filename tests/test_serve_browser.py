@@ -176,7 +176,8 @@ def test_twenty_concurrent_requests_are_each_answered_or_told_to_wait(trained, s
 
     assert len(records) == 20 and all(r["caption"] for r in records)  # none lost
     assert sum(r["busy"] for r in records) > 0  # the bound was reached, and said so
-    assert max(a for r in records for a in r["ahead"]) <= QUEUE_SIZE
+    ahead = [a for r in records for a in r["ahead"]]
+    assert 0 < max(ahead) <= QUEUE_SIZE  # some waited in the queue, told how many were ahead
     for k, record in enumerate(records):  # the same image got the same caption whenever it ran
         assert record["caption"] == records[k % examples]["caption"]
     info = httpx.get(f"{server}api/info", timeout=30).json()
