@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The example third-party expert, installed the way a user installs any plugin.
 EXAMPLE_PLUGIN := plugins/prismer-saliency
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean browser
 
 $(STAMP): pyproject.toml constraints.txt Makefile $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,16 @@ $(STAMP): pyproject.toml constraints.txt Makefile $(EXAMPLE_PLUGIN)/pyproject.to
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The page's browser test (tests/test_serve_browser.py) drives Debian's chromium through its
+# chromium-driver; they are installed with apt when missing (as root, as in CI).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "the browser test needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi; \
+	fi
+
+test: $(STAMP) browser
 	cd $(EXAMPLE_PLUGIN) && ../../$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	$(BIN)/python -m pytest -q tests
 

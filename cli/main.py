@@ -8,6 +8,7 @@ from . import model
 from . import infer
 from . import data, train
 from . import demo
+from . import serve
 
 app = new_app(
     "Prismer: a vision-language model that pools frozen, pluggable vision experts.\n\n"
@@ -23,6 +24,7 @@ app.command("demo")(demo.demo)
 app.command("caption")(infer.caption)
 app.command("vqa")(infer.vqa)
 app.command("eval")(infer.evaluate)
+app.command("serve")(serve.serve)
 
 if __name__ == "__main__":
     app()

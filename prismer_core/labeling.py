@@ -114,19 +114,20 @@ def label_images(
                     report.bad_images.append(str(exc))
                     console.print(f"[yellow]skipped:[/yellow] {exc}")
                     continue
-                if done(image) or any(image.key == other.key for other in todo):
+                if done(image) or any(image.key == other.key for _, other in todo):
                     report.skipped_done += 1
                 else:
-                    todo.append(image)
+                    todo.append((source, image))
             if todo:
-                outputs = runner([image.pixels for image in todo], [image.where for image in todo])
-                for position, image in enumerate(todo):
+                outputs = runner([image.pixels for _, image in todo], [image.where for _, image in todo])
+                for position, (source, image) in enumerate(todo):
                     for name in runner.requested:
                         output = outputs[name][position]
                         store.write(name, image.key, output)
                         report.files_written += 1
                         if visualize:
-                            write_preview(store.preview_path(name, image.key), image.pixels, output, f"{name}: {image.where}")
+                            title = f"{name}: {source.name or image.where}"  # as `prismer serve` titles its panels
+                            write_preview(store.preview_path(name, image.key), image.pixels, output, title)
                             report.files_written += 1
                     store.note_image(image.key, image.where)
                 report.labelled += len(todo)

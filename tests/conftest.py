@@ -69,7 +69,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """The small model of tests/inference_helpers.py, trained once per session."""
     from inference_helpers import trained_demo

@@ -28,6 +28,7 @@ LIGHT_COMMANDS = [
     ["label", "--help"],
     ["train", "--help"],
     ["embedders", "--help"],
+    ["serve", "--help"],
 ]
 
 

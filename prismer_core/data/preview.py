@@ -45,7 +45,16 @@ def render_map(output: ExpertOutput) -> tuple[np.ndarray, list[tuple[str, tuple[
 
 
 def write_preview(path: str | Path, image: np.ndarray, output: ExpertOutput, title: str) -> None:
-    """Write the image and its map side by side (same height), atomically, as a PNG."""
+    """Write :func:`preview_picture` atomically, as a PNG."""
+    canvas = preview_picture(image, output, title)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def preview_picture(image: np.ndarray, output: ExpertOutput, title: str) -> Image.Image:
+    """The image and its map side by side (same height, :data:`PREVIEW_HEIGHT`), ``title`` above
+    and, on semantic maps, each label's word at its centre: what `prismer label --visualize`
+    writes and `prismer serve` shows."""
     picture, tags = render_map(output)
     height = PREVIEW_HEIGHT
     scale = height / image.shape[0]
@@ -61,5 +70,4 @@ def write_preview(path: str | Path, image: np.ndarray, output: ExpertOutput, tit
     for name, (x, y) in tags[:40]:
         position = (width + 4 + int(x * scale), 20 + int(y * scale))
         draw.text(position, name, fill="white", font=font, stroke_width=2, stroke_fill="black", anchor="mm")
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
+    return canvas
