@@ -19,6 +19,7 @@ def train(
     val_data: list[Path] = typer.Option([], "--val-data", help="Validation manifest (repeatable): its loss is logged and plotted."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Samples per step and process."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW)."),
+    lr_scale: list[str] = typer.Option([], "--lr-scale", metavar="PART=FACTOR", help="Train a model part at FACTOR × --lr, e.g. --lr-scale vision.backbone=0.1 (repeatable; parts as in `prismer model info`)."),
     weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay (weight matrices only)."),
     warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear warm-up steps before the cosine decay [default: 5% of --max-steps]."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
@@ -64,12 +65,18 @@ def train(
         if not sep or not key.strip():
             raise PrismerError(f"--spec-set {item!r}: write FIELD=VALUE, for example image_size=128")
         overrides[key.strip()] = yaml.safe_load(value)
+    scales = {}
+    for item in lr_scale:
+        part, sep, factor = item.partition("=")
+        if not sep or not part.strip():
+            raise PrismerError(f"--lr-scale {item!r}: write PART=FACTOR, for example vision.backbone=0.1")
+        scales[part.strip()] = factor.strip()
     config = TrainConfig(
         data=[str(p) for p in data], out=str(out or Path("runs") / f"{Path(spec).stem}-{'-'.join(names) or 'rgb'}"),
         spec=spec, experts=names, tasks=task.split(","), val_data=[str(p) for p in val_data],
         labels=str(labels) if labels else None, spec_overrides=overrides,
         expert_settings=parse_assignments(assignments, known_experts=names) if assignments else {},
-        max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+        max_steps=max_steps, batch_size=batch_size, lr=lr, lr_scales=scales, weight_decay=weight_decay, warmup_steps=warmup_steps,
         grad_clip=grad_clip, precision=precision, engine=engine,
         deepspeed_config=str(deepspeed_config) if deepspeed_config else None, device=device, workers=workers, threads=threads,
         seed=seed, on_bad_row=on_bad_row, crop_scale=crop_scale, hflip=hflip, group_by_task=group_by_task, max_text_length=max_text_length,

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PrismerError
 from ..data.manifest import BAD_ROW_POLICIES, parse_tasks
+from ..errors import PrismerError
+from ..specs import PART_NAMES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "plain", "ddp", "deepspeed")
@@ -37,6 +38,8 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 8
     lr: float = 1e-4
+    #: Factors of ``lr`` per model part (``{"vision.backbone": 0.1}``); parts not named train at ``lr``.
+    lr_scales: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # None: 5% of max_steps
     grad_clip: float = 1.0
@@ -82,6 +85,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise PrismerError(message)
+        self.lr_scales = check_lr_scales(self.lr_scales)
         # absolute paths, so a resumed run started from another folder compares equal
         self.data = [_absolute(p) for p in self.data]
         self.val_data = [_absolute(p) for p in self.val_data]
@@ -108,6 +112,22 @@ class TrainConfig:
             for key in mine
             if key not in RESUMABLE_CHANGES and mine[key] != theirs.get(key)
         ]
+
+
+def check_lr_scales(scales: dict[str, Any]) -> dict[str, float]:
+    """Known part names and positive factors, or a clear error naming the bad one."""
+    checked = {}
+    for part, factor in scales.items():
+        if part not in PART_NAMES:
+            raise PrismerError(f"--lr-scale {part}: no such part (parts: {', '.join(PART_NAMES)})")
+        try:
+            value = float(factor)
+        except (TypeError, ValueError):
+            raise PrismerError(f"--lr-scale {part}={factor!r}: the factor must be a number") from None
+        if not value > 0:
+            raise PrismerError(f"--lr-scale {part}={factor}: the factor must be positive (freeze a part with the spec's 'frozen')")
+        checked[part] = value
+    return checked
 
 
 def _absolute(path: str) -> str:
