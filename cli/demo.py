@@ -12,16 +12,19 @@ def demo(
     n: int = typer.Option(None, "--n", min=3, help="Number of scenes [default: sized for 15 minutes on 2 CPU cores]."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps of each run [default: as --n]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes, data order and initialisation."),
+    noise: bool = typer.Option(False, "--noise", help="Also train edge+ocr plus the 'noise' control expert (pure-noise maps) and report what it costs."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Train every run with this many seeds (SEED, SEED+1, …; same scenes) and report mean ± std."),
 ) -> None:
     """The main job, offline on CPU: demo scenes → edge+ocr labels → two trainings → evaluation.
 
     Trains the tiny spec with the edge and ocr experts and as PrismerZ (RGB only) on the
     same data and schedule, then prints the results and where the loss plots and
-    checkpoints are.
+    checkpoints are. --noise and --seeds make it the benchmark of docs/benchmarks.md (a run
+    per expert set and seed, so several times longer).
     """
     from prismer_core.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(seed=seed)
+    settings = DemoSettings(seed=seed, noise=noise, seeds=seeds)
     if n is not None:
         settings.n = n
     if steps is not None:

@@ -119,7 +119,7 @@ def save_checkpoint(
                 "tensors": len(tensors),
             },
             "backbones_not_copied": {
-                "vision": spec.vision.pretrained and f"{spec.vision.open_clip_model} / {spec.vision.pretrained}",
+                "vision": spec.vision.pretrained and f"{spec.vision.tower_name} / {spec.vision.pretrained}",
                 "decoder": spec.decoder.weights,
             },
             "extra": extra_json,

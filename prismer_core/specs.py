@@ -52,12 +52,34 @@ class _Strict(BaseModel):
 
 
 class VisionSpec(_Strict):
-    """The frozen vision backbone: an open_clip Vision Transformer."""
+    """The vision backbone: a Vision Transformer from open_clip or from timm (name exactly one)."""
 
     #: Built-in open_clip name (``ViT-B-16-quickgelu``) or one of ``specs/open_clip/*.json``.
-    open_clip_model: str
-    #: open_clip pre-trained tag (``openai``) or a local checkpoint file; null: random init.
+    open_clip_model: str | None = None
+    #: A timm model name (``vit_tiny_patch16_224``), built with ``timm_options`` as keyword
+    #: arguments (``depth``, ``patch_size``, ``init_values`` …); ``img_size`` is ``image_size``.
+    timm_model: str | None = None
+    timm_options: dict[str, Any] = Field(default_factory=dict)
+    #: Pre-trained tag (open_clip: ``openai``; timm: ``augreg_in21k``) or a local checkpoint file; null: random init.
     pretrained: str | None = None
+    #: How RGB becomes tokens: ``patch``, the tower's own patch embedding (the paper's), or
+    #: ``conv``, early convolutions (3×3, stride 2) down to the same patch grid, which a ViT
+    #: trained from scratch on little data needs to see small shapes (docs/model.md).
+    rgb_stem: Literal["patch", "conv"] = "patch"
+
+    @model_validator(mode="after")
+    def _one_tower(self) -> "VisionSpec":
+        if bool(self.open_clip_model) == bool(self.timm_model):
+            raise ValueError("name exactly one vision tower: open_clip_model or timm_model")
+        if self.timm_options and not self.timm_model:
+            raise ValueError("timm_options are for a timm_model")
+        if "img_size" in self.timm_options:
+            raise ValueError("timm_options.img_size: the image size is the spec's image_size")
+        return self
+
+    @property
+    def tower_name(self) -> str:
+        return self.timm_model or self.open_clip_model or ""
 
 
 class ResamplerSpec(_Strict):

@@ -7,25 +7,45 @@
 4. print what training measured (final losses, throughput) and where plots and checkpoints are;
 5. evaluate both on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores.
 
+Two options turn it into a benchmark. ``noise``: a third run adds the ``noise`` control expert
+(maps of pure noise) to edge+ocr, and the summary says what it cost, the paper's robustness
+property. ``seeds``: every run is trained with that many seeds (initialisation and data order;
+the scenes stay the same) and the summary gives each number as mean ± standard deviation, so
+a difference between runs can be read against the noise of training.
+
 Every stage resumes: the data is deterministic, the label store skips finished images, and a
 run folder that exists is resumed (a finished one is left as it is).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import PrismerError
 from ..train import TrainConfig, TrainResult, train
 from ..train.run_dir import RunDir
 from .evaluation import evaluate_demo as evaluate_runs
 from .scenes import generate_demo
 
-#: The two runs compared: a name and its experts.
-RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("experts", ("edge", "ocr")), ("rgb", ()))
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One training of the demo: its folder under ``OUT/runs``, its name in tables, its experts."""
+
+    folder: str
+    label: str
+    experts: tuple[str, ...]
+
+
+#: The runs compared: with the offline experts, and PrismerZ (RGB only).
+RUNS: tuple[DemoRun, ...] = (DemoRun("experts", "edge+ocr", ("edge", "ocr")), DemoRun("rgb", "PrismerZ", ()))
+#: The robustness control: edge+ocr plus an expert whose maps are pure noise.
+NOISE_RUN = DemoRun("noise", "edge+ocr+noise", ("edge", "ocr", "noise"))
 
 
 @dataclass
@@ -61,7 +81,14 @@ class DemoSettings:
     #: edge+ocr answered 0.32 against PrismerZ's 0.35 (320 scenes, 1000 steps, same seed); one-way, 0.35 both.
     rgb_attends_latents: bool = False
 
-    def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...]) -> TrainConfig:
+    #: Benchmark options (see the module docstring): the noise-expert run, and seeds per run.
+    noise: bool = False
+    seeds: int = 1
+
+    def runs(self) -> list[DemoRun]:
+        return [*RUNS, NOISE_RUN] if self.noise else list(RUNS)
+
+    def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...], seed: int | None = None) -> TrainConfig:
         return TrainConfig(
             data=[str(data / "train.jsonl")], val_data=[str(data / "val.jsonl")], out=str(out),
             spec="tiny", experts=list(experts),
@@ -70,7 +97,7 @@ class DemoSettings:
                 "resampler.latents": self.latents, "resampler.rgb_attends_latents": self.rgb_attends_latents,
             },
             tasks=["caption", "vqa"], labels=str(labels) if experts else None,
-            max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed if seed is None else seed,
             crop_scale=0.9, hflip=0.0,  # positions are named in the text: no flips
             workers=self.workers, threads=self.threads, eval_every=self.eval_every, eval_samples=256,
         )
@@ -82,19 +109,24 @@ class DemoReport:
     runs: dict[str, TrainResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Each run's label and the seeds it was trained with, in the order of ``runs``' keys.
+    labels: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Console | None = None) -> DemoReport:
-    """Generate, label, train twice, evaluate; prints progress and the results table."""
+    """Generate, label, train each run (with each seed), evaluate; prints progress and tables."""
     import time
 
     from ..labeling import label_images
 
     settings = settings or DemoSettings()
+    if settings.seeds < 1:
+        raise PrismerError(f"--seeds must be at least 1, got {settings.seeds}")
     console = console or Console(stderr=True, soft_wrap=True)
     out = Path(out)
     report = DemoReport(out)
     data, labels = out / "data", out / "labels"
+    runs = settings.runs()
 
     start = time.perf_counter()
     console.rule("1/5 demo data")
@@ -103,20 +135,24 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
     report.seconds["data"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    console.rule("2/5 expert labels: edge, ocr")
-    experts = RUNS[0][1]
+    experts = tuple(dict.fromkeys(name for run in runs for name in run.experts))
+    console.rule(f"2/5 expert labels: {', '.join(experts)}")
     for split in summary.images:
         done = label_images(summary.manifest(split), experts, labels, console=console)
         console.print(f"{split}: labelled {done.labelled} images, {done.skipped_done} already done")
     report.seconds["labels"] = time.perf_counter() - start
 
-    for index, (name, run_experts) in enumerate(RUNS, start=1):
+    trainings = [(run, index) for index in range(settings.seeds) for run in runs]
+    for number, (run, index) in enumerate(trainings, start=1):
         start = time.perf_counter()
-        what = ",".join(run_experts) if run_experts else "none (PrismerZ, RGB only)"
-        console.rule(f"3/5 training {index}/{len(RUNS)}: experts {what}")
+        seed = settings.seed + index
+        what = ",".join(run.experts) if run.experts else "none (PrismerZ, RGB only)"
+        console.rule(f"3/5 training {number}/{len(trainings)}: experts {what}" + (f", seed {seed}" if settings.seeds > 1 else ""))
+        name = run.folder if index == 0 else f"{run.folder}-seed{seed}"
         folder = out / "runs" / name
-        config = settings.train_config(folder, data, labels, run_experts)
+        config = settings.train_config(folder, data, labels, run.experts, seed)
         report.runs[name] = train(config, resume=RunDir(folder).exists(), console=console)
+        report.labels[name] = (run.label, seed)
         report.seconds[f"train {name}"] = time.perf_counter() - start
 
     console.rule("4/5 training results")
@@ -128,6 +164,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
     start = time.perf_counter()
     report.evaluation = evaluate_trained(report, data / "test.jsonl", labels, console)
     report.seconds["evaluation"] = time.perf_counter() - start
+    if settings.seeds > 1:
+        console.print(f"over {settings.seeds} seeds (mean ± standard deviation):")
+        console.print(seeds_table(report))
+    if settings.noise:
+        console.print(noise_cost(report))
     console.print("time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report.seconds.items()))
     return report
 
@@ -138,7 +179,7 @@ def results_table(report: DemoReport) -> Table:
     for column in ("run", "experts", "steps", "train loss", "val loss caption", "val loss vqa", "images/s"):
         table.add_column(column)
     for name, result in report.runs.items():
-        experts = ",".join(e for n, experts in RUNS if n == name for e in experts) or "-"
+        experts = ",".join(json.loads(result.out.joinpath("run.json").read_text())["config"]["experts"]) or "-"
         val = result.val_loss
         table.add_row(
             name, experts, str(result.step), _number(result.last_loss),
@@ -151,9 +192,53 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _row_name(report: DemoReport, name: str) -> str:
+    label, seed = report.labels.get(name, (name, 0))
+    return label if not any(s != seed for _, s in report.labels.values()) else f"{label}, seed {seed}"
+
+
 def evaluate_trained(report: DemoReport, test_manifest: Path, labels: Path, console: Console) -> dict[str, dict[str, float]]:
-    """The evaluation table of both runs on the test split (VQA accuracy, caption CIDEr and
+    """The evaluation table of every run on the test split (VQA accuracy, caption CIDEr and
     BLEU-4), by the same code as `prismer eval` (:func:`prismer_core.demo.evaluate_demo`)."""
-    names = {"experts": "edge+ocr", "rgb": "PrismerZ"}
-    runs = {names.get(name, name): result.checkpoint for name, result in report.runs.items()}
+    runs = {_row_name(report, name): result.checkpoint for name, result in report.runs.items()}
     return evaluate_runs(runs, test_manifest, report.out / "eval", labels=labels, console=console)
+
+
+def seed_statistics(report: DemoReport) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """``{run label: {metric: (mean, standard deviation, seeds)}}`` over the seeds of each run."""
+    import statistics
+
+    values: dict[str, dict[str, list[float]]] = {}
+    for name in report.runs:
+        label, _ = report.labels[name]
+        for metric, value in report.evaluation[_row_name(report, name)].items():
+            values.setdefault(label, {}).setdefault(metric, []).append(value)
+    return {
+        label: {m: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for m, v in metrics.items()}
+        for label, metrics in values.items()
+    }
+
+
+def seeds_table(report: DemoReport) -> Table:
+    """VQA accuracy overall and per question type, and CIDEr, as mean ± std over the seeds."""
+    from ..inference.evaluation import accuracy_by_type, type_metric
+
+    stats = seed_statistics(report)
+    kinds = sorted({k for metrics in stats.values() for k in accuracy_by_type({m: 0.0 for m in metrics})})
+    columns = ["VQA accuracy", *(type_metric(k) for k in kinds), "CIDEr"]
+    table = Table()
+    table.add_column("run")
+    for column in ["VQA", *kinds, "CIDEr"]:
+        table.add_column(column, justify="right")
+    for label, metrics in stats.items():
+        table.add_row(label, *(f"{metrics[c][0]:.3f} ± {metrics[c][1]:.3f}" if c in metrics else "-" for c in columns))
+    return table
+
+
+def noise_cost(report: DemoReport) -> str:
+    """One line: VQA accuracy with edge+ocr and with the noise expert added, and the difference."""
+    stats = seed_statistics(report)
+    clean, noisy = stats[RUNS[0].label]["VQA accuracy"], stats[NOISE_RUN.label]["VQA accuracy"]
+    seeds = f" (mean of {clean[2]} seeds)" if clean[2] > 1 else ""
+    return (f"noise expert: VQA accuracy {clean[0]:.4f} with {RUNS[0].label}, {noisy[0]:.4f} with the noise expert added: "
+            f"it costs {100 * (clean[0] - noisy[0]):+.1f} points{seeds}")

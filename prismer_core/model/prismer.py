@@ -34,7 +34,7 @@ from .vision import VisionEncoder, load_vision_tower
 #: Which part each parameter belongs to, by name; every parameter matches exactly one.
 PART_PATTERNS: tuple[tuple[str, str], ...] = (
     ("vision.backbone", r"encoder\.blocks\."),
-    ("vision.embeddings", r"encoder\.(patch_embed|class_embedding|positional_embedding|ln_pre|ln_post)\b"),
+    ("vision.embeddings", r"encoder\.(rgb_stem|patch_embed|class_embedding|positional_embedding|ln_pre|ln_post)\b"),
     ("vision.adaptors", r"encoder\.adaptors\."),
     ("vision.stems", r"encoder\.stems\."),
     ("vision.resampler", r"encoder\.resampler\."),

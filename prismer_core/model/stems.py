@@ -45,7 +45,7 @@ class ExpertStem(nn.Module):
         if semantic:
             self.projection = nn.Conv2d(in_channels, width, 1)
         else:
-            self.convs = _conv_stack(in_channels, width)
+            self.convs = conv_stack(in_channels, width)
         self.instance_embedding = nn.Embedding(instance_slots, width) if instance_slots else None
         if self.instance_embedding is not None:
             nn.init.normal_(self.instance_embedding.weight, std=width**-0.5)
@@ -81,9 +81,10 @@ class ExpertStem(nn.Module):
         return embedded * (ids > 0).unsqueeze(-1).to(embedded.dtype)
 
 
-def _conv_stack(in_channels: int, width: int) -> nn.Sequential:
-    """Five 3×3 convolutions, the first four with stride 2, widths doubling up to ``width``."""
-    widths = [max(width // 16, 1), max(width // 8, 1), max(width // 4, 1), max(width // 2, 1), width]
+def conv_stack(in_channels: int, width: int, downsamplings: int = 4) -> nn.Sequential:
+    """3×3 convolutions, ``downsamplings`` of them with stride 2 (GroupNorm + ReLU after each),
+    widths doubling up to ``width``, then a last 3×3 convolution (stride 1) to ``width``."""
+    widths = [max(width // 2 ** (downsamplings - i), 1) for i in range(downsamplings)] + [width]
     layers: list[nn.Module] = []
     channels = in_channels
     for index, out in enumerate(widths):

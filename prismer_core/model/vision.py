@@ -1,7 +1,11 @@
-"""The vision encoder: an open_clip Vision Transformer that also reads the experts.
+"""The vision encoder: a Vision Transformer (from open_clip or timm) that also reads the experts.
 
-RGB enters through the backbone's own pre-trained patch embedding (with its class token, so
-that at initialisation the encoder reproduces the pre-trained ViT exactly). Each expert map
+The spec names the tower as data: an open_clip model (``vision.open_clip_model``, the paper's
+pre-trained CLIP towers) or a timm one (``vision.timm_model`` with ``vision.timm_options``,
+e.g. a small ViT trained from scratch). RGB enters through the backbone's own patch embedding
+(with its class token, so that at initialisation the encoder reproduces a pre-trained ViT
+exactly), or, with ``vision.rgb_stem: conv``, through early convolutions that end in the patch
+grid (see :func:`conv_patch_embedding`). Each expert map
 goes through its own stem; all expert tokens get the shared positional embedding (resized to
 the stem grid when it differs) and are summarised by the Experts Resampler. The transformer
 then runs on ``[class ; RGB tokens ; latents]``, with an adaptor after every attention; with
@@ -12,9 +16,10 @@ latents still read them), so the RGB tokens come out exactly as the backbone alo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +30,7 @@ from ..experts.contract import ExpertSpec
 from ..specs import ModelSpec, data_dir, source_error
 from .layers import Adaptor
 from .resampler import ExpertsResampler
-from .stems import ExpertStem, stem_grid
+from .stems import ExpertStem, conv_stack, stem_grid
 
 
 @lru_cache(maxsize=1)
@@ -37,29 +42,53 @@ def register_bundled_configs() -> None:
 
 
 def load_vision_tower(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
-    """The open_clip ``VisionTransformer`` the spec names, with weights from its tag or file.
+    """The ViT the spec names (open_clip or timm), with weights from its tag or file.
 
     On the meta device nothing is loaded or allocated: only the shapes are built.
     """
+    meta = torch.device(device).type == "meta"
+    pretrained = None if meta else spec.vision.pretrained
+    name = spec.vision.tower_name
+    try:
+        with torch.device("meta") if meta else nullcontext(), _quiet_random_init():
+            if spec.vision.timm_model:
+                tower = _timm_tower(spec, pretrained, device)
+            else:
+                tower = _open_clip_tower(spec, pretrained, device)
+    except PrismerError:
+        raise
+    except Exception as exc:  # the libraries raise RuntimeError/ValueError/OSError/KeyError for a bad name, tag or file
+        what = f"the vision tower {name!r}" + (" with weights" if pretrained else "")
+        raise source_error(what, pretrained or name, exc) from None
+    _check_supported(tower, name)
+    return tower
+
+
+def _open_clip_tower(spec: ModelSpec, pretrained: str | None, device: str | torch.device) -> nn.Module:
     import open_clip
 
     register_bundled_configs()
-    meta = torch.device(device).type == "meta"
-    pretrained = None if meta else spec.vision.pretrained
-    try:
-        with torch.device("meta") if meta else nullcontext(), _quiet_random_init():
-            clip = open_clip.create_model(
-                spec.vision.open_clip_model,
-                pretrained=pretrained,
-                force_image_size=spec.image_size,
-                device=device,
-            )
-    except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError for a bad name, tag or file
-        what = f"the vision tower {spec.vision.open_clip_model!r}" + (" with weights" if pretrained else "")
-        raise source_error(what, pretrained or spec.vision.open_clip_model, exc) from None
-    visual = clip.visual
-    _check_supported(visual, spec.vision.open_clip_model)
-    return visual
+    clip = open_clip.create_model(spec.vision.open_clip_model, pretrained=pretrained, force_image_size=spec.image_size,
+                                  device=device)
+    return clip.visual
+
+
+def _timm_tower(spec: ModelSpec, pretrained: str | None, device: str | torch.device) -> nn.Module:
+    """``timm.create_model(name, img_size=spec.image_size, num_classes=0, **timm_options)``;
+    ``pretrained`` is a timm tag (``True`` in YAML is not accepted: say which weights) or a
+    local file, read by timm's own loader (``pretrained_cfg_overlay=dict(file=...)``)."""
+    import timm
+
+    options = dict(spec.vision.timm_options)
+    options.setdefault("num_classes", 0)
+    weights: dict = {}
+    if pretrained:
+        local = Path(pretrained).expanduser()
+        weights = {"pretrained": True}
+        if local.suffix or local.exists():
+            weights["pretrained_cfg_overlay"] = {"file": str(local)}
+    tower = timm.create_model(spec.vision.timm_model, img_size=spec.image_size, **weights, **options)
+    return tower.to(device)
 
 
 @contextmanager
@@ -77,21 +106,41 @@ def _quiet_random_init() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _check_supported(visual: nn.Module, name: str) -> None:
+def _check_supported(tower: nn.Module, name: str) -> None:
+    """Only plain ViTs are supported: a class token, absolute positions, standard blocks."""
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
     problem = None
-    if not isinstance(visual, VisionTransformer):
-        problem = f"its vision tower is a {type(visual).__name__}, not an open_clip VisionTransformer"
-    elif visual.attn_pool is not None or not visual.transformer.batch_first:
-        problem = "it uses attentional pooling or sequence-first blocks"
-    elif not all(type(block) is ResidualAttentionBlock for block in visual.transformer.resblocks):
-        problem = "it uses custom attention blocks"
-    elif not all(block.attn._qkv_same_embed_dim and block.attn.in_proj_bias is not None
-                 for block in visual.transformer.resblocks):
-        problem = "its attention has separate or bias-free projections"
+    if isinstance(tower, VisionTransformer):
+        if tower.attn_pool is not None or not tower.transformer.batch_first:
+            problem = "it uses attentional pooling or sequence-first blocks"
+        elif not all(type(block) is ResidualAttentionBlock for block in tower.transformer.resblocks):
+            problem = "it uses custom attention blocks"
+        elif not all(block.attn._qkv_same_embed_dim and block.attn.in_proj_bias is not None
+                     for block in tower.transformer.resblocks):
+            problem = "its attention has separate or bias-free projections"
+    elif _is_timm_vit(tower):
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import Block
+
+        if tower.cls_token is None or tower.reg_token is not None or tower.no_embed_class or tower.pos_embed is None:
+            problem = "it needs exactly one class token and absolute positional embeddings that include it"
+        elif type(tower.patch_embed) is not PatchEmbed or not isinstance(tower.patch_embed.norm, nn.Identity):
+            problem = "its patch embedding is not a plain convolution (hybrid or normalised embeddings)"
+        elif tower.dynamic_img_size or not all(type(block) is Block for block in tower.blocks):
+            problem = "it uses dynamic image sizes or custom blocks"
+    else:
+        problem = f"its vision tower is a {type(tower).__name__}, not an open_clip or timm VisionTransformer"
     if problem:
-        raise PrismerError(f"open_clip model {name!r} is not supported: {problem}")
+        raise PrismerError(f"vision tower {name!r} is not supported: {problem}")
+
+
+def _is_timm_vit(tower: nn.Module) -> bool:
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return False
+    return isinstance(tower, VisionTransformer)
 
 
 def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,12 +151,29 @@ def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Te
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
+def _timm_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return attn(x, attn_mask=mask)
+
+
 def _one_way_mask(rgb_tokens: int, latents: int, device: torch.device) -> torch.Tensor:
     """Attention mask (True: may attend) in which the latents read every token but the class
     and RGB tokens read only each other, so they stay exactly what the backbone makes of RGB."""
     mask = torch.ones(rgb_tokens + latents, rgb_tokens + latents, dtype=torch.bool, device=device)
     mask[:rgb_tokens, rgb_tokens:] = False
     return mask
+
+
+def conv_patch_embedding(patch_size: int, width: int) -> tuple[nn.Sequential, nn.Conv2d]:
+    """Early convolutions in place of the patchify layer (Xiao et al., "Early Convolutions Help
+    Transformers See Better", 2021): 3×3 convolutions of stride 2, GroupNorm and ReLU, widths
+    doubling, until the patch grid, then a 3×3 projection to the ViT width. The dense expert
+    stems are the same stack (:func:`prismer_core.model.stems.conv_stack`). Returns the stack
+    before the projection, and the projection (the encoder's ``patch_embed``)."""
+    downsamplings = patch_size.bit_length() - 1
+    if patch_size < 2 or 2**downsamplings != patch_size:
+        raise PrismerError(f"vision.rgb_stem conv needs a patch size that is a power of two, got {patch_size}")
+    layers = conv_stack(3, width, downsamplings)
+    return nn.Sequential(*layers[:-1]), layers[-1]
 
 
 @contextmanager
@@ -125,15 +191,25 @@ class VisionEncoder(nn.Module):
     def __init__(self, spec: ModelSpec, experts: Mapping[str, ExpertSpec], tower: nn.Module) -> None:
         super().__init__()
         self.image_size = spec.image_size
-        self.width = tower.conv1.out_channels
-        self.grid = tower.grid_size[0]
-        # Taken over from the open_clip tower; its pooling projection and text tower are dropped.
-        self.patch_embed = tower.conv1
-        self.class_embedding = tower.class_embedding
-        self.positional_embedding = tower.positional_embedding  # [1 + grid², width]
-        self.ln_pre = tower.ln_pre
-        self.blocks = tower.transformer.resblocks
-        self.ln_post = tower.ln_post
+        # Taken over from the tower; its pooling, head (and CLIP's text tower) are dropped.
+        if _is_timm_vit(tower):
+            self.patch_embed = tower.patch_embed.proj
+            self.grid = tower.patch_embed.grid_size[0]
+            self.class_embedding = tower.cls_token  # [1, 1, width]
+            self.positional_embedding = tower.pos_embed  # [1, 1 + grid², width]
+            self.ln_pre, self.blocks, self.ln_post = tower.norm_pre, tower.blocks, tower.norm
+            self._branches = _timm_branches
+        else:
+            self.patch_embed = tower.conv1
+            self.grid = tower.grid_size[0]
+            self.class_embedding = tower.class_embedding  # [width]
+            self.positional_embedding = tower.positional_embedding  # [1 + grid², width]
+            self.ln_pre, self.blocks, self.ln_post = tower.ln_pre, tower.transformer.resblocks, tower.ln_post
+            self._branches = _open_clip_branches
+        self.width = self.patch_embed.out_channels
+        self.rgb_stem: nn.Module | None = None
+        if spec.vision.rgb_stem == "conv":
+            self.rgb_stem, self.patch_embed = conv_patch_embedding(self.patch_embed.stride[0], self.width)
         hidden = max(1, round(self.width * spec.adaptor_ratio))
         self.adaptors = nn.ModuleList(Adaptor(self.width, hidden) for _ in self.blocks)
         with _own_random_stream():
@@ -173,9 +249,10 @@ class VisionEncoder(nn.Module):
         instances: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         """RGB [B, 3, S, S] and expert maps -> vision tokens [B, num_tokens, width]."""
-        x = self.patch_embed(rgb).flatten(2).transpose(1, 2)
-        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
-        x = x + self.positional_embedding
+        features = rgb if self.rgb_stem is None else self.rgb_stem(rgb)
+        x = self.patch_embed(features).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.reshape(1, 1, -1).expand(x.shape[0], 1, -1), x], dim=1)
+        x = x + self.positional_embedding.reshape(1, -1, self.width)
         mask = None
         if self.resampler is not None:
             position = self._stem_positions()
@@ -186,16 +263,32 @@ class VisionEncoder(nn.Module):
             x = torch.cat([x, latents], dim=1)
         x = self.ln_pre(x)
         for block, adaptor in zip(self.blocks, self.adaptors):
-            x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+            attention, mlp = self._branches(block)
+            x = x + attention(x, mask)
             x = adaptor(x)
-            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            x = x + mlp(x)
         return self.ln_post(x)
 
     def _stem_positions(self) -> torch.Tensor:
         """The shared positional embedding (without the class slot) on the stems' grid."""
-        grid_pos = self.positional_embedding[1:]
+        grid_pos = self.positional_embedding.reshape(-1, self.width)[1:]
         if self.stem_grid == self.grid:
             return grid_pos
         grid_pos = grid_pos.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
         grid_pos = F.interpolate(grid_pos, size=(self.stem_grid, self.stem_grid), mode="bicubic", align_corners=False)
         return grid_pos.permute(0, 2, 3, 1).reshape(self.stem_grid**2, -1)
+
+
+Branch = Callable[..., torch.Tensor]
+
+
+def _open_clip_branches(block: nn.Module) -> tuple[Branch, Branch]:
+    """The attention and MLP residual branches of an open_clip block (the adaptor sits between)."""
+    return (lambda x, mask: block.ls_1(_self_attention(block.attn, block.ln_1(x), mask)),
+            lambda x: block.ls_2(block.mlp(block.ln_2(x))))
+
+
+def _timm_branches(block: nn.Module) -> tuple[Branch, Branch]:
+    """The same for a timm ``Block`` (layer scale and drop-path included)."""
+    return (lambda x, mask: block.drop_path1(block.ls1(_timm_attention(block.attn, block.norm1(x), mask))),
+            lambda x: block.drop_path2(block.ls2(block.mlp(block.norm2(x)))))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..data.manifest import parse_tasks
 from ..errors import PrismerError, did_you_mean
+from ..specs import PART_NAMES
 
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "plain", "ddp", "deepspeed")
@@ -44,6 +45,7 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(1000, ge=1, description="Optimisation steps to train for (in all, counting resumed ones).")
     batch_size: int = Field(8, ge=1, description="Samples per step and process.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr_scales: dict[str, float] = Field(default_factory=dict, description="Factors of --lr per model part, e.g. {'vision.backbone': 0.1}; parts not named train at --lr.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (weight matrices only).")
     warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps before the cosine decay [default: 5% of --max-steps].")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
@@ -76,6 +78,11 @@ class TrainConfig(BaseModel):
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
         return list(parse_tasks(tasks))
+
+    @field_validator("lr_scales", mode="before")
+    @classmethod
+    def _known_parts(cls, scales: dict[str, Any]) -> dict[str, float]:
+        return check_lr_scales(scales)
 
     @model_validator(mode="after")
     def _some_data(self) -> "TrainConfig":
@@ -125,6 +132,22 @@ def config_error(exc: ValidationError, model: type[BaseModel]) -> PrismerError:
     if not name:
         return PrismerError(message)
     return PrismerError(f"--{name.replace('_', '-')}: {message} (got {error.get('input')!r})")
+
+
+def check_lr_scales(scales: dict[str, Any]) -> dict[str, float]:
+    """Known part names and positive factors, or a clear error naming the bad one."""
+    checked = {}
+    for part, factor in scales.items():
+        if part not in PART_NAMES:
+            raise PrismerError(f"--lr-scale {part}: no such part (parts: {', '.join(PART_NAMES)})")
+        try:
+            value = float(factor)
+        except (TypeError, ValueError):
+            raise PrismerError(f"--lr-scale {part}={factor!r}: the factor must be a number") from None
+        if not value > 0:
+            raise PrismerError(f"--lr-scale {part}={factor}: the factor must be positive (freeze a part with the spec's 'frozen')")
+        checked[part] = value
+    return checked
 
 
 def _absolute(path: str) -> str:

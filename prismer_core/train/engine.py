@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import PrismerError
 from ..data.dataset import Batch
 from ..text import IGNORE_INDEX
+from ..model.prismer import part_of
 from .config import TrainConfig
 from .distributed import Distributed
 from .state import load_training_state, read_extra, save_training_state
@@ -38,27 +40,41 @@ def choose_precision(requested: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters, with weight decay on weight matrices only (as GPT-2/nanoGPT)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    if not decay and not no_decay:
+def parameter_groups(model: nn.Module, weight_decay: float, lr_scales: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters, with weight decay on weight matrices only (as GPT-2/nanoGPT), and
+    one group per learning-rate scale: ``lr_scales`` maps a model part (``vision.backbone``) to
+    a factor of the base rate; each group records its factor as ``lr_scale``."""
+    lr_scales = dict(lr_scales or {})
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        scale = lr_scales.get(part_of(name), 1.0) if lr_scales else 1.0
+        groups.setdefault((scale, parameter.ndim >= 2), []).append(parameter)
+    if not groups:
         raise PrismerError("the model has no trainable parameters")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # the base rate's groups first, so the rate logged is the one --lr sets
+    order = sorted(groups, key=lambda key: (key[0] != 1.0, key[0], not key[1]))
+    return [{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0, "lr_scale": key[0]} for key in order]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
     from transformers import get_cosine_schedule_with_warmup
 
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999),
-        # fused kernels on GPUs; on the CPU the multi-tensor version is about twice as fast
-        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
-    )
+    groups = parameter_groups(model, config.weight_decay, config.lr_scales)
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
+    # Fused kernels on GPUs and on the CPU: with torch 2.14 the fused CPU step is 4x faster than
+    # the multi-tensor one (13 against 50-60 ms for the tiny spec's 10M parameters, one thread).
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=device.type in ("cuda", "cpu"))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, config.max_steps), config.max_steps)
     return optimizer, scheduler
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The rate of this step before any part's scale: what ``--lr`` and the schedule give."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"]) / float(group.get("lr_scale", 1.0))
 
 
 def label_tokens(labels: torch.Tensor) -> int:
@@ -115,7 +131,7 @@ class Engine:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return base_lr(self.optimizer)
 
     def save_state(self, folder: Path, extra: dict[str, Any]) -> None:
         """Write the training state into ``folder`` (the main process writes; others wait)."""
@@ -201,7 +217,7 @@ class DeepSpeedEngine(Engine):
 
     @property
     def lr(self) -> float:
-        return float(self.engine.get_lr()[0])
+        return base_lr(self.optimizer)
 
     def save_state(self, folder: Path, extra: dict[str, Any]) -> None:
         """Every process writes its optimizer partition; the main one adds the numbers."""
