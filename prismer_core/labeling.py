@@ -248,8 +248,8 @@ def _label_in_processes(job: _Job, processes: int, report: LabelReport,
             else:  # "error"
                 raise PrismerError(payload)
     finally:
-        for worker in workers:
-            if worker.is_alive():
+        for worker in workers:  # finished ones exit by themselves; the rest are stopped
+            if worker.is_alive() and workers.index(worker) not in finished:
                 worker.terminate()
         for worker in workers:
             worker.join()
