@@ -20,6 +20,7 @@ def label(
     shard: str = typer.Option(None, "--shard", help="Label only shard i of n (i/n); run n of these, on n processes or GPUs, into the same --out."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip unreadable images (counted at the end) instead of stopping."),
     device: str = typer.Option("cpu", "--device", help="Where experts run: cpu, cuda, cuda:1 ... (an expert that runs on the CPU only stays there, and says so)."),
+    workers: int = typer.Option(None, "--workers", "-j", min=1, help="Labelling processes, each with its own experts and a share of the CPU threads [default: one per CPU core, at most one per 32 images; 1 with --device cuda]."),
     image_root: Path = IMAGE_ROOT,
     assignments: list[str] = typer.Option(
         [], "--set", metavar="NAME.KEY=VALUE",
@@ -44,6 +45,7 @@ def label(
         input_path, names, out,
         batch_size=batch_size, visualize=visualize, shard=shard,
         skip_bad_images=skip_bad_images, device=device, settings=settings, image_root=image_root,
+        workers=workers,
     )
     typer.echo(
         f"labelled {report.labelled} images ({report.images_per_second:.2f} images/s), "

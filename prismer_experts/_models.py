@@ -28,6 +28,15 @@ CPU_AND_GPU = ("cpu", "cuda")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def cpu_threads() -> int:
+    """The CPU threads an expert's own runtime (onnxruntime, OpenCV) should use: the process's
+    torch thread count, which `prismer label --workers N` sets to each process's share of the
+    cores (so N processes do not each start a thread per core)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def under_weights_dir(name: str) -> Path | None:
     """``$PRISMER_WEIGHTS_DIR/name``, or None when the variable is not set."""
     root = weights_dir()

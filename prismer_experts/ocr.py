@@ -25,7 +25,7 @@ import numpy as np
 from prismer_core import ConfigurableExpert, ExpertOptions, ExpertSpec, Readiness, SemanticMap, hookimpl, normalize_label
 from prismer_core.paths import weights_dir
 
-from ._models import CPU_AND_GPU
+from ._models import CPU_AND_GPU, cpu_threads
 
 
 BACKENDS = ("rapidocr", "paddleocr")
@@ -103,7 +103,8 @@ class RapidOcrReader:
 
         cuda = device.startswith("cuda")  # needs onnxruntime-gpu; otherwise onnxruntime falls back to CPU
         self.engine = RapidOCR(
-            text_score=self.options.min_score, det_use_cuda=cuda, cls_use_cuda=cuda, rec_use_cuda=cuda
+            text_score=self.options.min_score, det_use_cuda=cuda, cls_use_cuda=cuda, rec_use_cuda=cuda,
+            intra_op_num_threads=cpu_threads(), inter_op_num_threads=1,
         )
 
     def read(self, image: np.ndarray) -> list[TextBox]:

@@ -185,3 +185,54 @@ def test_coco_vqav2_and_tar_shards_label_by_content_once(run, tmp_path):
     tar = run("label", shard, "--experts", "edge", "--out", out)
     assert "labelled 1 images" in tar.stdout and "1 already done" in tar.stdout  # sample2 is a COCO image
     assert len(LabelStore(out).keys("edge")) == 4
+
+
+def store_contents(store: Path) -> dict[str, bytes]:
+    """Every label and preview file of a store, by its path inside it."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.suffix in (".npz", ".png")}
+
+
+def test_two_workers_fill_the_store_one_process_fills(run, tmp_path):
+    make_images(tmp_path / "images", 12)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(one), "--visualize", "--batch-size", "2", "--workers", "1")
+    result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(two), "--visualize", "--batch-size", "2", "--workers", "2")
+    assert "labelled 12 images" in result.stdout and "24 files written" in result.stdout
+    assert store_contents(two) == store_contents(one) and len(store_contents(one)) == 24
+    assert sorted(LabelStore(two).images()) == sorted(LabelStore(one).images())
+
+
+def test_a_killed_two_worker_run_resumes_to_the_same_store(run, tmp_path):
+    make_images(tmp_path / "images", 120, size=256)
+    reference, out = tmp_path / "reference", tmp_path / "store"
+    run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(reference), "--batch-size", "1", "--workers", "1")
+    command = [*PRISMER, "label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out),
+               "--batch-size", "1", "--workers", "2"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while len(list(out.rglob("*.npz"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the parent and both workers, at once
+    process.wait()
+    killed_with = len(list(out.rglob("*.npz")))
+    assert 10 <= killed_with < 120, "the kill should land midway"
+    for leftover in out.rglob(".*.tmp"):  # writes cut by the kill: age them past the staleness limit
+        os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+
+    result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--batch-size", "1", "--workers", "2")
+    assert int(result.stdout.split("labelled ")[1].split(" ")[0]) <= 120 - killed_with + 2  # at most one in flight per worker redone
+    assert store_contents(out) == store_contents(reference)
+    assert set(LabelStore(out).images()) == set(LabelStore(reference).images())
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_a_bad_image_in_one_worker_stops_all_with_its_name(run, tmp_path):
+    make_images(tmp_path / "images", 8)
+    (tmp_path / "images" / "img005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "store"
+    result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--batch-size", "1", "--workers", "2", check=False)
+    assert result.exit_code == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and "img005.png" in error_lines[0] and "Traceback" not in result.stderr
+    assert not list(out.rglob(".*.tmp"))
+    assert LabelStore.key_of(tmp_path / "images" / "img005.png") not in LabelStore(out).keys("edge")
