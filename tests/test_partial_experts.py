@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from plugin_helpers import run_cli
 from prismer_core.checkpoint import read_checkpoint_info
 from prismer_core.data.dataset import TrainingData
 from prismer_core.errors import PrismerError
@@ -37,23 +38,12 @@ QUESTION = "how many shapes are there?"
 @pytest.fixture(scope="module")
 def runs(plugin_site, tmp_path_factory):
     """(demo folder, parent run with edge, child run: --init-from parent, edge + saliency)."""
-    from typer.testing import CliRunner
-
-    from prismer_cli.main import app
-
     base = tmp_path_factory.mktemp("partial")
     demo, parent, child = base / "demo", base / "parent", base / "child"
+    patch = pytest.MonkeyPatch()
+
     def run(*args):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.syspath_prepend(str(plugin_site))
-            patch.setenv(LOAD_PLUGINS_ENV, USER)
-            get_registry.cache_clear()
-            try:
-                result = CliRunner().invoke(app, [str(a) for a in args])
-            finally:
-                get_registry.cache_clear()
-        assert result.exit_code == 0, f"{result.output}{result.exception!r}"
-        return result
+        return run_cli(patch, *args, site=plugin_site, load=USER)
 
     run("data", "demo", "--out", demo, "--n", "12", "--size", "64")
     run("train", "--data", demo / "train.jsonl", "--experts", "edge", "--task", "caption,vqa", "--out", parent,
@@ -213,6 +203,17 @@ def test_predictor_drops_what_cannot_run_and_says_why(runs, monkeypatch):
     batch = predictor.inputs([runs.image])
     assert batch.present["saliency"].tolist() == [False] and not batch.experts["saliency"].any()
     assert len(answers) == 1
+
+    # `prismer serve --missing-experts drop` builds its page on such a predictor: it says so.
+    from fastapi.testclient import TestClient
+
+    from prismer_core.serve import Viewer
+    from prismer_core.serve.web import create_app
+
+    with TestClient(create_app(Viewer(predictor))) as client:
+        info = client.get("/api/info").json()
+    assert info["model_experts"] == ["edge", "saliency"] and info["model_experts_used"] == ["edge"]
+    assert list(info["dropped_experts"]) == ["saliency"]
 
 
 # -- 4. sharing a checkpoint ------------------------------------------------------------------
