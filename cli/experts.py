@@ -75,3 +75,42 @@ def new(
         folder = scaffold_plugin(name, out, template)
     typer.echo(f"created {folder}")
     typer.echo(f"next: pip install -e {folder} && (cd {folder} && pytest) && prismer experts info {name}")
+
+
+@app.command("check")
+def check(
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint or run folder, or a Hugging Face Hub id owner/name\\[@revision]."),
+    labels: Path = typer.Option(None, "--labels", help="Check against this label store (experts then need labels there, not to be ready to run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list for scripts."),
+) -> None:
+    """Say which of a checkpoint's experts can run here, and for each one that cannot, why and the pip install line that provides it.
+
+    Exits with 1 when some expert cannot run (the checkpoint then runs only with --missing-experts drop).
+    """
+    from prismer_core.checkpoint import read_checkpoint_info, resolve_checkpoint
+    from prismer_core.inference.availability import checkpoint_experts
+
+    info = read_checkpoint_info(resolve_checkpoint(checkpoint))
+    found = checkpoint_experts(info, labels=labels)
+
+    def cells(row: dict) -> list:
+        style = "green" if row["usable"] else "red"
+        return [Text(row["name"]), Text(row["version"]), Text(row["provided_by"] or "not recorded"),
+                Text(row["state"], style=style), Text(row["reason"] or "-"), Text(row["install"] or "-")]
+
+    print_rows([e.to_dict() for e in found], as_json, f"Experts of {info.directory}",
+               ("expert", "trained version", "provided by", "here", "why", "install"), cells)
+    missing = [e for e in found if not e.usable]
+    if as_json:
+        raise typer.Exit(1 if missing else 0)
+    if not found:
+        typer.echo("this checkpoint uses no experts (PrismerZ): it runs anywhere")
+    elif not missing:
+        typer.echo(f"all {len(found)} experts can run here")
+    else:
+        typer.echo(f"{len(found) - len(missing)} of {len(found)} experts can run here; missing: "
+                   + ", ".join(e.name for e in missing), err=True)
+        for line in dict.fromkeys(e.install for e in missing if e.install):
+            typer.echo(f"  {line}", err=True)
+        typer.echo("or run without them: --missing-experts drop", err=True)
+        raise typer.Exit(1)

@@ -10,7 +10,7 @@ import typer
 
 from prismer_core.errors import PrismerError
 
-from .infer import DEVICE, PRECISION, SETTINGS, _predictor
+from .infer import DEVICE, MISSING, PRECISION, SETTINGS, _predictor
 
 
 def serve(
@@ -24,6 +24,7 @@ def serve(
     device: str = DEVICE,
     precision: str = PRECISION,
     assignments: list[str] = SETTINGS,
+    missing_experts: str = MISSING,
 ) -> None:
     """Start a web page: pick or drop an image, see each expert's map, the caption, answers to your questions.
 
@@ -36,7 +37,8 @@ def serve(
         raise PrismerError(f"`prismer serve` needs the web server packages ({exc.name} is missing): pip install 'prismer[serve]'") from None
     listener = _listen(host, port)  # before the slow loading, so a taken port fails at once
     try:
-        app, viewer, offered = _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, device, precision, assignments)
+        app, viewer, offered = _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, device, precision, assignments,
+                                      missing_experts)
         bound_host, bound_port = listener.getsockname()[:2]
         typer.echo(f"experts: {', '.join(viewer.model_experts) or 'none'} in the model; ready to draw: {', '.join(viewer.ready_experts) or 'none'}", err=True)
         typer.echo(f"examples: {len(offered)}" + (f" from {offered.source}" if offered.source else ""), err=True)
@@ -49,7 +51,8 @@ def serve(
         listener.close()
 
 
-def _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, device, precision, assignments):
+def _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, device, precision, assignments,
+           missing_experts="refuse"):
     """The app and what it serves: the checkpoint's predictor (if any), the viewer, the examples."""
     from prismer_core.experts.settings import parse_assignments
     from prismer_core.serve import UploadLimits, Viewer
@@ -58,7 +61,7 @@ def _build(checkpoint, examples, queue_size, max_upload_mb, max_megapixels, devi
     predictor = None
     if checkpoint is not None:
         typer.echo(f"loading {checkpoint} ...", err=True)
-        predictor = _predictor(checkpoint, None, device, assignments, precision)
+        predictor = _predictor(checkpoint, None, device, assignments, precision, missing_experts)
         settings = parse_assignments(assignments, known_experts=predictor.experts) if assignments else None
     else:
         settings = parse_assignments(assignments) if assignments else None

@@ -24,6 +24,8 @@ def train(
     out: Path = setting(C, "out", "--out", "-o", default=None),
     max_steps: int = setting(C, "max_steps", "--max-steps"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint (same settings, same data order)."),
+    init_from: str = setting(C, "init_from", "--init-from", metavar="RUN"),
+    expert_dropout: float = setting(C, "expert_dropout", "--expert-dropout", metavar="P"),
     labels: Path = setting(C, "labels", "--labels"),
     val_data: list[Path] = setting(C, "val_data", "--val-data"),
     image_root: Path = setting(C, "image_root", "--image-root"),
@@ -59,6 +61,7 @@ def train(
     Writes OUT/run.json, OUT/metrics.jsonl, OUT/loss.png and checkpoints under
     OUT/checkpoints/ (the latest complete one is named in OUT/checkpoints/latest.json).
     Ctrl-C saves a checkpoint first; continue with the same command plus --resume.
+    --init-from RUN --experts edge,ocr,depth starts from RUN's weights and adds a fresh stem for depth.
     For several processes launch with `torchrun --nproc_per_node N -m prismer_cli.main train …`.
     """
     import yaml
@@ -69,9 +72,10 @@ def train(
 
     names = parse_expert_names(experts)
     paths = {"labels": labels, "image_root": image_root, "deepspeed_config": deepspeed_config}
+    name = Path(spec).stem if spec else f"from-{Path(init_from).name}" if init_from else "tiny"
     config = TrainConfig(
-        data=[str(p) for p in data], out=str(out or Path("runs") / f"{Path(spec).stem}-{'-'.join(names) or 'rgb'}"),
-        spec=spec, experts=names, tasks=task.split(","), val_data=[str(p) for p in val_data],
+        data=[str(p) for p in data], out=str(out or Path("runs") / f"{name}-{'-'.join(names) or 'rgb'}"),
+        spec=spec, experts=names, init_from=init_from, expert_dropout=expert_dropout, tasks=task.split(","), val_data=[str(p) for p in val_data],
         spec_overrides={key: yaml.safe_load(value) for key, value in parse_key_values(spec_set, "--spec-set", "image_size=128").items()},
         expert_settings=parse_assignments(assignments, known_experts=names) if assignments else {},
         **{key: str(value) if value is not None else None for key, value in paths.items()},

@@ -6,6 +6,8 @@
       spec.yaml             the model spec, as validated
       weights.safetensors   trained weights (plus any frozen ones that no source can give back)
       <label encoder file>  optional copy, named in prismer.json
+      README.md             the model card (Hugging Face format): spec, experts and the packages
+                            that provide them, training data, figures (:mod:`prismer_core.model_card`)
 
 Frozen backbone weights that came from a named source (open_clip tag or file, transformers id
 or directory) are not copied: loading builds the model from the spec, which fetches them
@@ -20,11 +22,12 @@ This module reads and writes the files; the model builds itself from them
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import shutil
 import struct
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,12 @@ from typing import Any
 import torch
 import yaml
 
-from .atomic import staged_directory
+from .atomic import staged_directory, write_bytes_atomic
 from .errors import PrismerError
 from .experts.contract import ExpertSpec
+from .hub import looks_like_hub_id, resolve_hub_checkpoint
+from .registry import get_registry
+from .model_card import CARD_FILE, CardFacts, Figure, merge_figures, read_figures, render_card
 from .specs import ModelSpec, spec_from_dict
 
 FORMAT = "prismer-checkpoint"
@@ -60,6 +66,11 @@ class CheckpointInfo:
     label_encoder: str | None = None
     label_encoder_file: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 of the weights file, as recorded (identifies the checkpoint's weights)
+    weights_sha256: str | None = None
+    #: per expert, the distribution that provided it when the checkpoint was written, e.g.
+    #: ``{"distribution": "prismer-saliency", "version": "1.0.0"}`` (None: not recorded)
+    provided_by: dict[str, dict[str, str] | None] = field(default_factory=dict)
 
 
 def saved_weight_names(model: torch.nn.Module) -> list[str]:
@@ -107,10 +118,11 @@ def save_checkpoint(
             shutil.copyfile(label_encoder_file, staging / copied)
         spec: ModelSpec = model.spec
         (staging / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        providers = _providers(model.expert_specs)
         info = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "experts": [e.record() for e in model.expert_specs.values()],
+            "experts": [{**e.record(), "provided_by": providers[name]} for name, e in model.expert_specs.items()],
             "label_encoder": {"identity": label_encoder, "file": copied},
             "weights": {
                 "file": WEIGHTS_FILE,
@@ -125,9 +137,21 @@ def save_checkpoint(
             "extra": extra_json,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(render_card(_card_facts(directory, spec, info)))
         for path in staging.iterdir():
             _fsync(path)
     return directory
+
+
+def add_figures(directory: str | Path, figures: Sequence[Figure]) -> Path:
+    """Write measured ``figures`` into the checkpoint's model card (replacing earlier ones of the
+    same task, data, metric and experts), atomically; returns the card's path."""
+    directory = Path(directory)
+    info = read_checkpoint_info(directory)
+    card = directory / CARD_FILE
+    merged = merge_figures(read_figures(card), figures)
+    write_bytes_atomic(card, render_card(_card_facts(directory, info.spec, _read_info(directory), merged)).encode())
+    return card
 
 
 def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
@@ -146,7 +170,9 @@ def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {directory}: {INFO_FILE} has a bad expert record ({exc})") from None
     encoder_file = directory / encoder["file"] if encoder.get("file") else None
-    return CheckpointInfo(directory, spec, experts, encoder.get("identity"), encoder_file, dict(info.get("extra") or {}))
+    provided_by = {record["name"]: record.get("provided_by") for record in info["experts"]}
+    return CheckpointInfo(directory, spec, experts, encoder.get("identity"), encoder_file, dict(info.get("extra") or {}),
+                          (info.get("weights") or {}).get("sha256"), provided_by)
 
 
 def load_weights(model: torch.nn.Module, info: CheckpointInfo, expected: Set[str], device: str | torch.device = "cpu") -> None:
@@ -208,7 +234,10 @@ def latest_checkpoint(checkpoints: Path) -> tuple[int, Path] | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or the latest complete checkpoint of a run folder."""
+    """A checkpoint folder as given, the latest complete checkpoint of a run folder, or the
+    snapshot of a Hugging Face Hub id (``owner/name[@revision]``) that is not a folder here."""
+    if not Path(path).exists() and looks_like_hub_id(str(path)):
+        path = resolve_hub_checkpoint(str(path))
     path = Path(path)
     if (path / INFO_FILE).is_file() or not (path / "checkpoints").is_dir():
         return path  # read_checkpoint_info says what is wrong with a non-checkpoint
@@ -221,8 +250,41 @@ def resolve_checkpoint(path: str | Path) -> Path:
 # -- helpers -----------------------------------------------------------------------------------
 
 
+def _providers(experts: Mapping[str, ExpertSpec]) -> dict[str, dict[str, str] | None]:
+    """Per expert, the installed distribution that provides it (None when the installed expert,
+    if any, is not the one the model was built for: a spec described by hand, another version)."""
+    if not experts:
+        return {}
+    registry = get_registry()
+    found: dict[str, dict[str, str] | None] = {}
+    for name, spec in experts.items():
+        entry = registry.experts.get(name)
+        same = entry is not None and entry.spec is not None and entry.spec.record() == spec.record()
+        found[name] = {"distribution": entry.plugin.distribution, "version": entry.plugin.version} if same else None
+    return found
+
+
+def _card_facts(directory: Path, spec: ModelSpec, info: Mapping[str, Any], figures: Sequence[Figure] = ()) -> CardFacts:
+    extra = info.get("extra") or {}
+    training = extra.get("training") or {}
+    name = f"{Path(training['run']).name}/{directory.name}" if training.get("run") else directory.name
+    val = [Figure(task, ", ".join(Path(p).name for p in training.get("val_data") or []) or "validation",
+                  "validation loss", loss) for task, loss in (training.get("val_loss") or {}).items()]
+    return CardFacts(name, spec, info["experts"], training, (info.get("label_encoder") or {}).get("identity"),
+                     info.get("backbones_not_copied") or {}, merge_figures(val, figures), _prismer_version())
+
+
+def _prismer_version() -> str:
+    try:
+        return md.version("prismer")
+    except md.PackageNotFoundError:  # run from a source tree that is not installed
+        return ""
+
+
 def _read_info(directory: Path) -> dict[str, Any]:
     path = directory / INFO_FILE
+    if not directory.exists():
+        raise CheckpointError(f"{directory} is not a Prismer checkpoint (it does not exist)")
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a Prismer checkpoint (no {INFO_FILE})")
     try:

@@ -8,7 +8,7 @@ its map (empty: all of them), so a run with missing experts can say so instead o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,13 +57,36 @@ class ModelInputs:
             {name: t[rows] for name, t in self.present.items()},
         )
 
+    def present_mask(self, name: str) -> torch.Tensor:
+        """[B] bool: which samples have ``name``'s map (all of them when ``present`` has no entry)."""
+        mask = self.present.get(name)
+        return mask if mask is not None else torch.ones(len(self), dtype=torch.bool, device=self.rgb.device)
+
+    def without(self, absent: Mapping[str, torch.Tensor]) -> "ModelInputs":
+        """These inputs with the maps of ``absent`` (per expert, [B] bool: True drops that
+        sample's map) marked missing in ``present`` and zeroed, so nothing of them reaches the
+        model even through code that ignores the mask."""
+        experts, instances, present = dict(self.experts), dict(self.instances), dict(self.present)
+        for name, dropped in absent.items():
+            dropped = dropped.to(torch.bool)
+            if not bool(dropped.any()):
+                continue
+            keep = ~dropped
+            present[name] = self.present_mask(name) & keep
+            experts[name] = self.experts[name] * keep.view(-1, *[1] * (self.experts[name].ndim - 1)).to(self.experts[name].dtype)
+            if name in instances:
+                instances[name] = instances[name] * keep.view(-1, 1, 1).to(instances[name].dtype)
+        return ModelInputs(self.rgb, experts, instances, present)
+
     @classmethod
     def concat(cls, parts: Sequence["ModelInputs"]) -> "ModelInputs":
-        """One batch of the samples of ``parts`` (each a batch, often of one), in order."""
+        """One batch of the samples of ``parts`` (each a batch, often of one), in order; an
+        expert some parts mark in ``present`` and others do not is present in the others."""
         first = parts[0]
+        marked = list(dict.fromkeys(name for p in parts for name in p.present))
         return cls(
             torch.cat([p.rgb for p in parts]),
             {name: torch.cat([p.experts[name] for p in parts]) for name in first.experts},
             {name: torch.cat([p.instances[name] for p in parts]) for name in first.instances},
-            {name: torch.cat([p.present[name] for p in parts]) for name in first.present},
+            {name: torch.cat([p.present_mask(name) for p in parts]) for name in marked},
         )

@@ -110,6 +110,9 @@ class Registry:
         self.plugins: dict[str, PluginRecord] = {}
         self.experts: dict[str, ExpertEntry] = {}
         self.embedders: dict[str, EmbedderEntry] = {}
+        #: entry points installed but not loaded because PRISMER_LOAD_PLUGINS leaves them out:
+        #: entry-point name -> its package ("prismer 0.1.0")
+        self.hidden: dict[str, str] = {}
 
     # -- loading -----------------------------------------------------------------------
     def add_plugin(self, obj: object, name: str, distribution: str = "", version: str = "") -> PluginRecord:
@@ -408,6 +411,7 @@ def load_registry(entry_points: Iterable[md.EntryPoint] | None = None) -> Regist
         dist_name = ep.dist.metadata["Name"] if ep.dist is not None else ep.value.split(":")[0]
         dist_version = ep.dist.version if ep.dist is not None else ""
         if not _allowed(only, (ep.name, dist_name)):
+            registry.hidden[ep.name] = f"{dist_name} {dist_version}".strip()
             continue
         try:
             module = ep.load()

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from plugin_helpers import REPO, build_test_plugins, copy_package, install
-from prismer_core.registry import LOAD_PLUGINS_ENV, get_registry
+from plugin_helpers import REPO, build_test_plugins, copy_package, install, run_cli
 
 EXAMPLE_PLUGIN = REPO / "plugins" / "prismer-saliency"
 
@@ -33,26 +31,9 @@ def cli(monkeypatch):
     PRISMER_LOAD_PLUGINS were ``load`` (unset when None). Returns typer's Result
     (``exit_code``, ``stdout``, ``stderr``); with ``check``, a non-zero exit fails the test.
     """
-    from prismer_cli.main import app
 
-    def run(*args: str, site: Path | None = None, load: str | None = None, check: bool = True):
-        with monkeypatch.context() as patch:
-            if site is not None:
-                patch.syspath_prepend(str(site))
-            if load is None:
-                patch.delenv(LOAD_PLUGINS_ENV, raising=False)
-            else:
-                patch.setenv(LOAD_PLUGINS_ENV, load)
-            get_registry.cache_clear()
-            try:
-                result = CliRunner().invoke(app, [str(a) for a in args])
-            finally:
-                get_registry.cache_clear()
-        if check and result.exit_code != 0:
-            raise AssertionError(
-                f"prismer {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}{result.exception!r}"
-            )
-        return result
+    def run(*args, site: Path | None = None, load: str | None = None, check: bool = True):
+        return run_cli(monkeypatch, *args, site=site, load=load, check=check)
 
     return run
 

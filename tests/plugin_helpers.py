@@ -276,3 +276,30 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 64), mar
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
+
+
+def run_cli(monkeypatch, *args, site: Path | None = None, load: str | None = None, check: bool = True):
+    """Run the ``prismer`` command in this process (see the ``cli`` fixture); usable from
+    fixtures of any scope with their own ``pytest.MonkeyPatch``."""
+    from typer.testing import CliRunner
+
+    from prismer_cli.main import app
+    from prismer_core.registry import LOAD_PLUGINS_ENV, get_registry
+
+    with monkeypatch.context() as patch:
+        if site is not None:
+            patch.syspath_prepend(str(site))
+        if load is None:
+            patch.delenv(LOAD_PLUGINS_ENV, raising=False)
+        else:
+            patch.setenv(LOAD_PLUGINS_ENV, load)
+        get_registry.cache_clear()
+        try:
+            result = CliRunner().invoke(app, [str(a) for a in args])
+        finally:
+            get_registry.cache_clear()
+    if check and result.exit_code != 0:
+        raise AssertionError(
+            f"prismer {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}{result.exception!r}"
+        )
+    return result

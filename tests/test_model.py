@@ -232,10 +232,92 @@ def test_bad_inputs_are_clear_errors(six_expert_model):
         model.encode_images(replace(batch, rgb=torch.zeros(2, 3, 32, 32)))
     with pytest.raises(PrismerError, match="reads ModelInputs"):
         model.encode_images({"rgb": batch.rgb})
-    # per-sample missing experts (issue 16) are refused loudly until they are implemented
-    absent = replace(batch, present={"seg": torch.tensor([True, False])})
-    with pytest.raises(PrismerError, match="lack the maps of seg: running with missing experts is not implemented"):
-        model.encode_images(absent)
+    with pytest.raises(PrismerError, match=r"inputs.present\['seg'\] must be a bool tensor \[2\], got \(3,\)"):
+        model.encode_images(replace(batch, present={"seg": torch.tensor([True, False, True])}))
+    with pytest.raises(PrismerError, match="inputs.present names 'sal', an expert the model was not built for"):
+        model.encode_images(replace(batch, present={"sal": torch.tensor([True, False])}))
+
+
+@pytest.fixture(scope="module")
+def opened_model():
+    """The six-expert model with its resampler's zero-initialised branches opened, so expert
+    maps reach the vision tokens (at initialisation they do not, by design)."""
+    torch.manual_seed(1)
+    model = build_model(small_spec(), experts(*SIX)).eval()
+    with torch.no_grad():
+        for parameter in model.encoder.resampler.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.05)
+    return model
+
+
+def _scrambled(batch: ModelInputs, name: str, row: int) -> ModelInputs:
+    """``batch`` with ``name``'s map (and instances) of sample ``row`` replaced by noise."""
+    maps = {**batch.experts, name: batch.experts[name].clone()}
+    maps[name][row] = torch.randn_like(maps[name][row]).clamp(-1, 1)
+    instances = dict(batch.instances)
+    if name in instances:
+        instances[name] = instances[name].clone()
+        instances[name][row] = torch.randint_like(instances[name][row], 0, 5)
+    return replace(batch, experts=maps, instances=instances)
+
+
+def test_an_absent_experts_map_does_not_reach_the_model_and_the_other_samples_are_untouched(opened_model, codec):
+    """A mask, not zeros: whatever the absent map holds, the sample's tokens and logits stay the
+    same; a sample that has the expert gives what it gives with every expert."""
+    model = opened_model
+    torch.manual_seed(3)
+    batch = make_batch(model, seed=3)
+    absent = replace(batch, present={"seg": torch.tensor([True, False]), "ocr": torch.tensor([True, False])})
+    ids = codec.prompt_batch(["a picture of a red circle"]).ids.expand(2, -1)
+    with torch.no_grad():
+        tokens = model.encode_images(absent)
+        noisy = model.encode_images(_scrambled(_scrambled(absent, "seg", 1), "ocr", 1))
+        logits = model(absent, ids).logits
+        noisy_logits = model(_scrambled(absent, "seg", 1), ids).logits
+        full = model.encode_images(batch)
+        changed = model.encode_images(_scrambled(batch, "seg", 1))
+    assert torch.allclose(tokens[1], noisy[1], atol=1e-5)
+    assert torch.allclose(logits[1], noisy_logits[1], atol=1e-4)
+    assert not torch.allclose(full[1], changed[1], atol=1e-3)  # present, the map matters
+    assert torch.allclose(tokens[0], full[0], atol=1e-5)  # sample 0 has every expert
+    assert not torch.allclose(tokens[1], full[1], atol=1e-3)  # and sample 1 differs: seg and ocr are gone
+
+
+def test_a_sample_without_any_expert_reads_rgb_alone(opened_model, codec):
+    model = opened_model
+    batch = make_batch(model, seed=4)
+    none = replace(batch, present={name: torch.tensor([False, True]) for name in model.expert_specs})
+    ids = codec.prompt_batch(["question : what is it ? answer :"]).ids.expand(2, -1)
+    scrambled = none
+    for name in model.expert_specs:
+        scrambled = _scrambled(scrambled, name, 0)
+    with torch.no_grad():
+        logits, again = model(none, ids).logits, model(scrambled, ids).logits
+        prompt = codec.prompt_batch(["a picture of"])
+        captions = model.generate(none, prompt, end_token_id=codec.end_id, max_new_tokens=4, num_beams=2)
+        again_captions = model.generate(scrambled, prompt, end_token_id=codec.end_id, max_new_tokens=4, num_beams=2)
+        uncached = model.generate(none, prompt, end_token_id=codec.end_id, max_new_tokens=4, num_beams=2, use_cache=False)
+    assert torch.isfinite(logits).all()
+    assert torch.allclose(logits[0], again[0], atol=1e-4)
+    assert captions[0] == again_captions[0] and captions == uncached
+
+
+def test_an_expert_absent_from_every_sample_gets_no_gradient(opened_model, codec):
+    model = opened_model.train()
+    try:
+        batch = make_batch(model, seed=6)
+        absent = replace(batch, present={"depth": torch.tensor([False, False])})
+        ids = codec.prompt_batch(["a picture of a red circle"]).ids.expand(2, -1)
+        model.zero_grad()
+        model(absent, ids, labels=ids).loss.backward()
+        depth = [p.grad for p in model.encoder.stems["depth"].parameters()]
+        edge = [p.grad for p in model.encoder.stems["edge"].parameters()]
+        assert all(g is None or not g.any() for g in depth)
+        assert any(g is not None and g.abs().sum() > 0 for g in edge)
+    finally:
+        model.zero_grad()
+        model.eval()
 
 
 def test_model_inputs_move_select_and_concatenate(six_expert_model):

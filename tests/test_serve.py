@@ -129,7 +129,7 @@ def test_an_expert_that_fails_gets_a_message_and_the_others_are_drawn(plugin_sit
 def test_when_the_model_fails_the_page_says_so_and_keeps_the_panels(trained):
     class FailingPredictor:
         """Stands in for a Predictor whose expert breaks inside the model's input path."""
-        checkpoint, experts = "runs/broken", ["edge"]
+        checkpoint, experts, experts_used, dropped_experts = "runs/broken", ["edge"], ["edge"], {}
 
         def caption(self, images, **options):
             raise ExpertOutputError("edge", "image 0 (array)", "predict() raised RuntimeError: boom", "prismer-edge 1.0")

@@ -3,6 +3,11 @@
 Each sample goes through the same :class:`~prismer_core.data.encoding.SampleEncoder` the
 predictor uses, and its text through the model's :class:`~prismer_core.text.TextCodec`.
 
+With ``expert_dropout`` each expert's map of a training sample is left out with that
+probability (drawn from the sample's seed, so a resumed run drops what the uninterrupted one
+would have): the sample is marked as lacking it (``ModelInputs.present``), which the model
+masks, so the model learns to answer with whichever experts a user has.
+
 A sample that cannot be read becomes a :class:`DataProblem` instead of an exception, so a
 bad image deep in a loader worker reaches the training loop as a message naming its
 ``file:line``; the loop then stops or skips by the ``--on-bad-row`` policy.
@@ -25,6 +30,9 @@ from .labels import LabelSource
 from .manifest import Sample
 from .transforms import swap_left_right
 
+
+#: Keeps the expert-dropout draws apart from the crop, flip and answer draws of the same seed.
+_DROPOUT_STREAM = 0x5EED_D0
 
 @dataclass(frozen=True)
 class DataProblem:
@@ -60,11 +68,15 @@ class TrainingData(torch.utils.data.Dataset):
         encoder: SampleEncoder,
         labels: LabelSource | None = None,
         caption_prompt: str = "",
+        expert_dropout: float = 0.0,
     ) -> None:
+        if not 0.0 <= expert_dropout < 1.0:
+            raise PrismerError(f"expert dropout must lie in [0, 1), got {expert_dropout}")
         self.samples = list(samples)
         self.encoder = encoder
         self.labels = labels
         self.caption_prompt = caption_prompt
+        self.expert_dropout = expert_dropout
         if encoder.experts and labels is None:
             raise PrismerError("experts were given but no source of their maps (label store or live experts)")
 
@@ -82,10 +94,18 @@ class TrainingData(torch.utils.data.Dataset):
         except PrismerError as exc:
             return DataProblem(sample.where, str(exc), fatal=True)
         inputs, flipped = self.encoder(image.pixels, maps, seed)
+        if self.expert_dropout:
+            inputs = inputs.without(self.dropped_experts(seed))
         prompt, target = self.text(sample, seed)
         if flipped:
             prompt, target = swap_left_right(prompt), swap_left_right(target)
         return EncodedSample(inputs, prompt, target, sample.task, sample.where)
+
+    def dropped_experts(self, seed: int) -> dict[str, torch.Tensor]:
+        """Per expert, whether the sample of ``seed`` goes without its map ([1] bool); each
+        expert is dropped on its own, so a sample may lose all of them (it then trains as RGB only)."""
+        draws = np.random.default_rng([seed, _DROPOUT_STREAM]).random(len(self.encoder.experts))
+        return {name: torch.tensor([bool(draw < self.expert_dropout)]) for name, draw in zip(self.encoder.experts, draws)}
 
     def text(self, sample: Sample, seed: int) -> tuple[str, str]:
         """(prompt, target); with several reference answers, one is drawn by the sample's seed

@@ -3,7 +3,9 @@
 An image and its expert maps go through the same crop/flip/resize
 (:class:`~prismer_core.data.transforms.PairedTransform`), semantic maps through the label
 encoder, experts with instances get an empty instance map when the expert found none, and the
-image is normalised with the model's mean and std.
+image is normalised with the model's mean and std. An expert of the model that has no map for
+the sample (not installed here, and the run said ``--missing-experts drop``) is marked absent
+in ``ModelInputs.present`` with a zero map in its place, which the model masks out.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class SampleEncoder:
         return replace(self, transform=PairedTransform(self.transform.size, train=False))
 
     def __call__(self, image: np.ndarray, maps: Mapping[str, ExpertOutput], seed: int = 0) -> tuple[ModelInputs, bool]:
-        """The sample's inputs, and whether it was flipped (its text must then swap left/right)."""
+        """The sample's inputs, and whether it was flipped (its text must then swap left/right).
+
+        ``maps`` may lack some of the experts: those are absent for this sample (see the module doc)."""
         aligned = self.transform(image, maps, seed)
         experts: dict[str, torch.Tensor] = dict(aligned.dense)
         for name, labels in aligned.labels.items():
@@ -52,9 +56,15 @@ class SampleEncoder:
             name: aligned.instances.get(name, torch.zeros(aligned.rgb.shape[1:], dtype=torch.long))[None]
             for name, spec in self.experts.items() if spec.has_instances
         }
+        absent = [name for name in self.experts if name not in experts]
+        size = aligned.rgb.shape[1:]
+        for name in absent:
+            channels = self.label_encoder.channels if self.experts[name].is_semantic else self.experts[name].channels
+            experts[name] = torch.zeros(channels, *size)
         inputs = ModelInputs(
             normalise(aligned.rgb, self.mean, self.std)[None],
             {name: experts[name][None] for name in self.experts},
             instances,
+            {name: torch.tensor([name not in absent]) for name in self.experts} if absent else {},
         )
         return inputs, aligned.flipped

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..atomic import write_json_atomic
+from ..checkpoint import add_figures
+from ..model_card import Figure
 from ..data.manifest import Sample, load_data, read_classification_rows
 from ..errors import PrismerError
 from ..metrics import caption_scores, mean_vqa_accuracy, top1_accuracy, vqa_accuracy
@@ -46,6 +48,8 @@ class EvalReport:
     metrics: dict[str, float]
     predictions: list[dict[str, Any]]
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the experts that ran ("used") and those of the checkpoint that did not, with why ("dropped")
+    experts: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"count": len(self.predictions), **asdict(self)}
@@ -53,11 +57,21 @@ class EvalReport:
     @property
     def summary(self) -> str:
         unit = "questions" if self.task == "vqa" else "images"
-        return f"{self.task}: {len(self.predictions)} {unit} of {self.data}, checkpoint {self.checkpoint}"
+        without = f" without {', '.join(self.experts['dropped'])}" if self.experts.get("dropped") else ""
+        return f"{self.task}: {len(self.predictions)} {unit} of {self.data}, checkpoint {self.checkpoint}{without}"
 
     def write(self, path: str | Path) -> Path:
         write_json_atomic(path, self.to_dict())
         return Path(path)
+
+    def figures(self) -> list[Figure]:
+        """The metrics as model-card figures; those of a run without some experts say which ran."""
+        ran = tuple(self.experts.get("used", ())) if self.experts.get("dropped") else None
+        return [Figure(self.task, Path(self.data).name, metric, value, ran) for metric, value in self.metrics.items()]
+
+    def update_card(self) -> Path:
+        """Write the figures into the evaluated checkpoint's model card; returns the card's path."""
+        return add_figures(self.checkpoint, self.figures())
 
 
 def evaluate(
@@ -96,7 +110,8 @@ def evaluate(
         predictions = _answers(run, data, limit, answers, prefilter_k, num_beams, max_new_tokens or 10, image_root)
     else:
         predictions = _classes(run, data, limit, classes, template, image_root)
-    return EvalReport(task, str(predictor.checkpoint), str(data), metrics_of(task, predictions), predictions, settings)
+    experts = {"used": predictor.experts_used, "dropped": predictor.dropped_experts}
+    return EvalReport(task, str(predictor.checkpoint), str(data), metrics_of(task, predictions), predictions, settings, experts)
 
 
 @dataclass

@@ -8,7 +8,9 @@
     predictor.classify(["a.png"], ["circle", "star"])[0].answer      # "A photo of a {}." ranked
 
 The checkpoint's experts run on the fly, or their maps are read from the label store the
-model was trained with (``labels=``); images become model inputs through training's own
+model was trained with (``labels=``). An expert that is not installed or not ready here stops
+the load (``missing_experts="refuse"``), or, with ``missing_experts="drop"``, the model runs
+without it (``predictor.dropped_experts`` says which and why); images become model inputs through training's own
 :class:`~prismer_core.data.encoding.SampleEncoder`, and prompts go through the same
 :class:`~prismer_core.text.TextCodec` (the run's caption prompt, the VQA template).
 """
@@ -35,10 +37,13 @@ from ..model import Prismer
 from ..registry import UnknownExpertError, get_registry
 from ..semantic import LabelEncoder
 from ..text import TextCodec, TokenRows, task_prompt
+from .availability import checkpoint_experts
 from .inputs import ImageLike, as_inputs
 
 #: Inference precisions, by the name users pass (`prismer caption --precision`).
 INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: What to do with a checkpoint's expert that cannot run here (`--missing-experts`).
+MISSING_EXPERTS = ("refuse", "drop")
 
 Progress = Callable[[int], None]
 DEFAULT_TEMPLATE = "A photo of a {}."
@@ -64,8 +69,15 @@ class Predictor:
         caption_prompt: str = "",
         checkpoint: Path | None = None,
         codec: TextCodec | None = None,
+        dropped_experts: Mapping[str, str] | None = None,
     ) -> None:
-        if encoder.experts and labels is None:
+        """``dropped_experts``: the model's experts that have no maps here, with why (they are
+        masked out of every input); every other expert of the model needs a source in ``labels``."""
+        self.dropped_experts = dict(dropped_experts or {})
+        unknown = sorted(set(self.dropped_experts) - set(model.expert_specs))
+        if unknown:
+            raise PrismerError(f"cannot drop {', '.join(unknown)}: not experts of the model ({', '.join(model.expert_specs) or 'none'})")
+        if len(self.dropped_experts) < len(encoder.experts) and labels is None:
             raise PrismerError("the model uses experts but no source of their maps was given")
         self.model = model.eval()
         self.encoder = encoder
@@ -84,8 +96,10 @@ class Predictor:
         device: str = "cpu",
         expert_settings: Mapping[str, Mapping[str, Any]] | None = None,
         precision: str = "fp32",
+        missing_experts: str = "refuse",
     ) -> "Predictor":
-        """Load a checkpoint folder (or a run folder: its latest checkpoint).
+        """Load a checkpoint folder (or a run folder: its latest checkpoint, or a Hugging Face
+        Hub id such as ``user/prismer-demo``, from the hub's cache or downloaded).
 
         ``labels``: a label store to read expert maps from instead of running the experts;
         images are found in it by their content, whatever their path (``image_root`` is no
@@ -94,15 +108,26 @@ class Predictor:
         activations in bfloat16: on CPUs with bf16 instructions decoding then moves half the
         bytes and takes faster kernels (base captions 2.5x faster at 2 threads, see
         docs/benchmarks.md); scores differ from fp32 in the second or third digit.
+        ``missing_experts``: ``refuse`` (an expert of the checkpoint that is not installed or
+        not ready here is an error saying what to install), or ``drop`` (run with the experts
+        that can run; the others are masked out of the model's input, as expert dropout in
+        training does, and listed in :attr:`dropped_experts`).
         """
         if precision not in INFERENCE_DTYPES:
             raise PrismerError(f"precision {precision!r}: choose one of {', '.join(INFERENCE_DTYPES)}")
+        if missing_experts not in MISSING_EXPERTS:
+            raise PrismerError(f"missing experts {missing_experts!r}: choose one of {', '.join(MISSING_EXPERTS)}")
         if image_root is not None:
             warnings.warn("Predictor.from_checkpoint(image_root=...) is ignored: label stores find images by content",
                           DeprecationWarning, stacklevel=2)
         info = read_checkpoint_info(resolve_checkpoint(checkpoint))
-        specs = _require_checkpoint_experts(info, live=labels is None, settings=expert_settings)
-        model = Prismer.from_pretrained(info.directory, experts=specs, device=device).to(INFERENCE_DTYPES[precision])
+        live = labels is None
+        if missing_experts == "refuse":
+            specs, dropped = _require_checkpoint_experts(info, live=live, settings=expert_settings), {}
+        else:
+            specs, dropped = _available_checkpoint_experts(info, live, expert_settings, labels)
+        model_specs = {name: specs.get(name, spec) for name, spec in info.experts.items()}  # recorded specs for dropped ones
+        model = Prismer.from_pretrained(info.directory, experts=model_specs, device=device).to(INFERENCE_DTYPES[precision])
         if not specs:
             source = None
         elif labels is None:
@@ -110,9 +135,9 @@ class Predictor:
         else:
             source = StoredLabels(labels, specs)
         encoder = SampleEncoder(PairedTransform(model.image_size, train=False), model.image_mean, model.image_std,
-                                specs, _label_encoder(info))
+                                model.expert_specs, _label_encoder(info))
         prompt = str((info.extra.get("training") or {}).get("caption_prompt") or "")
-        return cls(model, encoder, source, prompt, info.directory)
+        return cls(model, encoder, source, prompt, info.directory, dropped_experts=dropped)
 
     @property
     def device(self) -> torch.device:
@@ -124,7 +149,13 @@ class Predictor:
 
     @property
     def experts(self) -> list[str]:
+        """The experts the model was trained with (see :attr:`experts_used` for those that run)."""
         return list(self.model.expert_specs)
+
+    @property
+    def experts_used(self) -> list[str]:
+        """The experts whose maps the model reads here: its own, less the dropped ones."""
+        return [name for name in self.model.expert_specs if name not in self.dropped_experts]
 
     # -- tasks -------------------------------------------------------------------------------
     def caption(
@@ -209,7 +240,7 @@ class Predictor:
         (run or read), then training's eval-mode encoding."""
         refs = as_inputs(images)
         loaded = [ref.load() for ref in refs]
-        maps = self.labels(loaded) if self.labels is not None else [{} for _ in loaded]
+        maps = self.labels(loaded) if self.labels is not None else [{} for _ in loaded]  # dropped experts: none
         parts = [self.encoder(image.pixels, outputs)[0] for image, outputs in zip(loaded, maps)]
         return ModelInputs.concat(parts).to(self.device, self.dtype)
 
@@ -271,6 +302,16 @@ class Predictor:
         return F.log_softmax(logits.float(), dim=-1)
 
 
+def _available_checkpoint_experts(
+    info: CheckpointInfo, live: bool, settings: Mapping[str, Mapping[str, Any]] | None, labels: str | Path | None,
+) -> tuple[dict, dict[str, str]]:
+    """The installed specs of the checkpoint's experts that can run here, and why each other one cannot."""
+    found = checkpoint_experts(info, labels=None if live else labels, settings=settings)
+    usable = [expert.name for expert in found if expert.usable]
+    specs = get_registry().require(usable, live=live, settings=settings) if usable else {}
+    return specs, {expert.name: expert.reason for expert in found if not expert.usable}
+
+
 def _require_checkpoint_experts(info: CheckpointInfo, live: bool, settings: Mapping[str, Mapping[str, Any]] | None) -> dict:
     """The installed specs of the checkpoint's experts; if one is missing or not ready, say
     which and what to do (the registry's reasons), before loading any weights."""
@@ -283,10 +324,12 @@ def _require_checkpoint_experts(info: CheckpointInfo, live: bool, settings: Mapp
     except UnknownExpertError as exc:
         raise CheckpointError(
             f"checkpoint {info.directory} was trained with the experts {trained}, but '{exc.name}' is not installed: "
-            f"install the plugin package that provides it (then check `prismer experts list`); {exc}"
+            f"install the plugin package that provides it (then check `prismer experts list`; `prismer experts check` "
+            f"names the package), or pass --missing-experts drop to run without it; {exc}"
         ) from None
     except PrismerError as exc:
-        raise CheckpointError(f"checkpoint {info.directory} was trained with the experts {trained}; {exc}") from None
+        raise CheckpointError(f"checkpoint {info.directory} was trained with the experts {trained}; {exc} "
+                              "(or pass --missing-experts drop to run without it)") from None
 
 
 def _label_encoder(info: CheckpointInfo):

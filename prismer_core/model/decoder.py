@@ -35,6 +35,9 @@ class DecoderCache:
     cross: list[KeyValue]
     past: list[KeyValue] | None = None
     valid: torch.Tensor | None = None  # [B, T] bool: which past tokens are real (not padding)
+    #: [B, 1, 1, T_vision] bool: vision tokens the cross-attention may read (None: all); it hides
+    #: the latents of an image that has no expert map
+    cross_mask: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -57,6 +60,7 @@ class DecoderCache:
             cross=[rep(kv) for kv in self.cross],
             past=None if self.past is None else [rep(kv) for kv in self.past],
             valid=None if self.valid is None else self.valid.repeat_interleave(repeats, 0),
+            cross_mask=None if self.cross_mask is None else self.cross_mask.repeat_interleave(repeats, 0),
         )
 
 
@@ -105,12 +109,13 @@ class DecoderLayer(nn.Module):
         past: KeyValue | None,
         mask: torch.Tensor | None,
         is_causal: bool,
+        cross_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KeyValue]:
         k, v = self.self_attn.project_kv(x)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = self.self_norm(x + self.dropout(self.self_attn(x, (k, v), mask=mask, is_causal=is_causal)))
-        x = self.cross_norm(x + self.dropout(self.cross_attn(x, cross_kv)))
+        x = self.cross_norm(x + self.dropout(self.cross_attn(x, cross_kv, mask=cross_mask)))
         x = self.adaptor(x)
         return self.ffn(x), (k, v)
 
@@ -152,9 +157,11 @@ class TextDecoder(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
-    def start(self, vision_tokens: torch.Tensor) -> DecoderCache:
-        """A cache holding the cross-attention keys/values of these images, computed once."""
-        return DecoderCache(cross=[layer.cross_attn.project_kv(vision_tokens) for layer in self.layers])
+    def start(self, vision_tokens: torch.Tensor, vision_mask: torch.Tensor | None = None) -> DecoderCache:
+        """A cache holding the cross-attention keys/values of these images, computed once;
+        ``vision_mask`` [B, T_vision] bool says which tokens may be read (None: all)."""
+        cross_mask = None if vision_mask is None else vision_mask[:, None, None, :]
+        return DecoderCache(cross=[layer.cross_attn.project_kv(vision_tokens) for layer in self.layers], cross_mask=cross_mask)
 
     def forward(
         self,
@@ -171,9 +178,9 @@ class TextDecoder(nn.Module):
         past = []
         for index, layer in enumerate(self.layers):
             previous = cache.past[index] if cache.past is not None else None
-            x, kv = layer(x, cache.cross[index], previous, mask, is_causal)
+            x, kv = layer(x, cache.cross[index], previous, mask, is_causal, cache.cross_mask)
             past.append(kv)
-        return x, DecoderCache(cross=cache.cross, past=past, valid=valid)
+        return x, DecoderCache(cross=cache.cross, past=past, valid=valid, cross_mask=cache.cross_mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden, self.embed.tokens.weight)

@@ -143,8 +143,12 @@ class Prismer(nn.Module):
     # -- running -----------------------------------------------------------------------------
     def encode_images(self, inputs: ModelInputs) -> torch.Tensor:
         """Vision tokens [B, num_vision_tokens, width] for a batch of images and expert maps."""
-        rgb, maps, instances = self._check_inputs(inputs)
-        return self.encoder(rgb, maps, instances)
+        return self._encode(inputs)[0]
+
+    def _encode(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Vision tokens and which of them the decoder may attend to ([B, T] bool; None: all)."""
+        rgb, maps, instances, present = self._check_inputs(inputs)
+        return self.encoder(rgb, maps, instances, present), self.encoder.vision_mask(present, rgb.shape[0])
 
     def forward(
         self,
@@ -156,8 +160,8 @@ class Prismer(nn.Module):
         """Next-token logits [B, T, V]. With ``labels`` (aligned with ``input_ids``, -100 where
         ignored; shifted here): the mean cross-entropy over the predicted tokens, and the logits
         of just those positions, [N, V] in row-major order of the positions."""
-        vision = self.encode_images(inputs)
-        hidden, _ = self.decoder(input_ids, self.decoder.start(vision), attention_mask)
+        vision, seen = self._encode(inputs)
+        hidden, _ = self.decoder(input_ids, self.decoder.start(vision, seen), attention_mask)
         if labels is None:
             return PrismerOutput(loss=None, logits=self.decoder.logits(hidden))
         # Only positions that predict a labelled token get logits: with a long prompt and a short
@@ -188,9 +192,9 @@ class Prismer(nn.Module):
         if num_beams < 1 or max_new_tokens < 1:
             raise PrismerError("num_beams and max_new_tokens must be at least 1")
         with _eval_mode(self):
-            vision = self.encode_images(inputs)
+            vision, seen = self._encode(inputs)
             tokens, valid = self._prompt_rows(prompt, vision.shape[0])
-            state = self.decoder.start(vision)
+            state = self.decoder.start(vision, seen)
             if num_beams > 1:
                 state = state.repeat_interleave(num_beams)
                 tokens, valid = tokens.repeat_interleave(num_beams, 0), valid.repeat_interleave(num_beams, 0)
@@ -200,7 +204,7 @@ class Prismer(nn.Module):
                     seen = state.length
                     hidden, state = self.decoder(tokens[:, seen:], state, valid[:, seen:])
                 else:
-                    hidden, _ = self.decoder(tokens, DecoderCache(cross=state.cross), valid)
+                    hidden, _ = self.decoder(tokens, DecoderCache(cross=state.cross, cross_mask=state.cross_mask), valid)
                 return F.log_softmax(self.decoder.logits(hidden[:, -1]).float(), dim=-1), state
 
             options = dict(max_new_tokens=max_new_tokens, min_length=min_length, eos_id=end_token_id)
@@ -226,10 +230,10 @@ class Prismer(nn.Module):
         if not len(candidates):
             raise PrismerError("score needs at least one candidate")
         with _eval_mode(self):
-            vision = self.encode_images(inputs)
+            vision, seen = self._encode(inputs)
             images = vision.shape[0]
             tokens, valid = self._prompt_rows(prompt, images)
-            hidden, prompt_cache = self.decoder(tokens, self.decoder.start(vision), valid)
+            hidden, prompt_cache = self.decoder(tokens, self.decoder.start(vision, seen), valid)
             first = F.log_softmax(self.decoder.logits(hidden[:, -1]).float(), dim=-1)  # [B, V]
             cand, cand_valid = candidates.ids.to(vision.device), candidates.valid.to(vision.device)
             length, vocab = cand.shape[1], first.shape[1]
@@ -254,8 +258,8 @@ class Prismer(nn.Module):
         return torch.cat(scores, dim=1)
 
     # -- inputs ------------------------------------------------------------------------------
-    def _check_inputs(self, inputs: ModelInputs) -> tuple[torch.Tensor, dict, dict]:
-        """The image, maps and instances, checked against what the model was built for."""
+    def _check_inputs(self, inputs: ModelInputs) -> tuple[torch.Tensor, dict, dict, dict]:
+        """The image, maps, instances and presence masks, checked against what the model was built for."""
         if not isinstance(inputs, ModelInputs):
             raise PrismerError(f"the model reads ModelInputs (prismer_core.inputs), got {type(inputs).__name__}")
         rgb, size = inputs.rgb, self.image_size
@@ -269,11 +273,14 @@ class Prismer(nn.Module):
                 f"inputs have maps of experts the model was not built for: {', '.join(unknown)} "
                 f"(model experts: {', '.join(self.expert_specs) or 'none'})"
             )
-        missing = sorted(name for name, present in inputs.present.items() if not bool(present.all()))
-        if missing:
-            raise PrismerError(
-                f"some samples lack the maps of {', '.join(missing)}: running with missing experts is not implemented yet"
-            )
+        present = {}
+        for name, mask in inputs.present.items():
+            if name not in self.expert_specs:
+                raise PrismerError(f"inputs.present names '{name}', an expert the model was not built for")
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (rgb.shape[0],):
+                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise PrismerError(f"inputs.present['{name}'] must be a bool tensor [{rgb.shape[0]}], got {got}")
+            present[name] = mask.to(device=rgb.device, dtype=torch.bool)
         checked = {}
         for name, expert in self.expert_specs.items():
             channels = self.spec.semantic_channels if expert.is_semantic else expert.channels
@@ -290,7 +297,7 @@ class Prismer(nn.Module):
                     raise PrismerError(
                         f"inputs.instances['{name}'] must be an integer map [{rgb.shape[0]}, {size}, {size}], got {got}"
                     )
-        return rgb.to(dtype), checked, dict(inputs.instances)
+        return rgb.to(dtype), checked, dict(inputs.instances), present
 
     def _prompt_rows(self, prompt: TokenRows, images: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt ids and validity on the model's device, one row per image (one row is shared)."""

@@ -3,7 +3,9 @@
 Perceiver-style: in every block the latents attend to ``[latents ; expert tokens]``, then go
 through an MLP with squared ReLU; both branches start at zero, so the latents start as the
 learned queries and training opens the branches. However many experts a run uses, the vision
-encoder receives the same number of tokens from here.
+encoder receives the same number of tokens from here. A ``mask`` hides the tokens of experts a
+sample lacks; the latents always attend to themselves, so a sample that lacks every expert
+still has its latents (the learned queries, refined by attending to each other).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ class ResamplerBlock(nn.Module):
             nn.init.zeros_(projection.weight)
             nn.init.zeros_(projection.bias)
 
-    def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: [B, 1, 1, L + N] bool over ``[latents ; tokens]`` (True: attended), or None."""
         queries = self.norm_latents(latents)
         kv = self.attn.project_kv(torch.cat([queries, self.norm_tokens(tokens)], dim=1))
-        latents = latents + self.attn(queries, kv)
+        latents = latents + self.attn(queries, kv, mask=mask)
         return latents + self.fc_out(squared_relu(self.fc_in(self.norm_mlp(latents))))
 
 
@@ -43,9 +46,14 @@ class ExpertsResampler(nn.Module):
         self.latents = nn.Parameter(torch.randn(latents, width) * width**-0.5)
         self.blocks = nn.ModuleList(ResamplerBlock(width, heads) for _ in range(layers))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Expert tokens [B, N, D] -> latents [B, L, D]."""
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Expert tokens [B, N, D] -> latents [B, L, D]; ``token_mask`` [B, N] bool (True: the
+        token is read; None: all are)."""
         latents = self.latents.expand(tokens.shape[0], -1, -1)
+        mask = None
+        if token_mask is not None:
+            own = torch.ones(tokens.shape[0], latents.shape[1], dtype=torch.bool, device=tokens.device)
+            mask = torch.cat([own, token_mask.to(torch.bool)], dim=1)[:, None, None, :]
         for block in self.blocks:
-            latents = block(latents, tokens)
+            latents = block(latents, tokens, mask)
         return latents

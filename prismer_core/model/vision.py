@@ -11,6 +11,12 @@ the stem grid when it differs) and are summarised by the Experts Resampler. The 
 then runs on ``[class ; RGB tokens ; latents]``, with an adaptor after every attention; with
 ``resampler.rgb_attends_latents: false`` the RGB tokens do not attend to the latents (the
 latents still read them), so the RGB tokens come out exactly as the backbone alone makes them.
+
+A sample may lack some experts' maps (``present``, from expert dropout in training or a
+checkpoint run without an expert it was trained with): the resampler then does not attend to
+those tokens at all. A sample that lacks every map has latents that summarise nothing, so
+no other token attends to them, in the ViT or in the decoder (:meth:`VisionEncoder.vision_mask`):
+such a sample is read from RGB alone.
 """
 
 from __future__ import annotations
@@ -247,20 +253,24 @@ class VisionEncoder(nn.Module):
         rgb: torch.Tensor,
         expert_maps: Mapping[str, torch.Tensor],
         instances: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """RGB [B, 3, S, S] and expert maps -> vision tokens [B, num_tokens, width]."""
-        features = rgb if self.rgb_stem is None else self.rgb_stem(rgb)
+        """RGB [B, 3, S, S] and expert maps -> vision tokens [B, num_tokens, width].
+
+        ``present``: per expert, [B] bool, which samples have its map (absent key: all do)."""
+                features = rgb if self.rgb_stem is None else self.rgb_stem(rgb)
         x = self.patch_embed(features).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.reshape(1, 1, -1).expand(x.shape[0], 1, -1), x], dim=1)
         x = x + self.positional_embedding.reshape(1, -1, self.width)
         mask = None
         if self.resampler is not None:
-            position = self._stem_positions()
-            tokens = [stem(expert_maps[name], instances.get(name)) + position for name, stem in self.stems.items()]
-            latents = self.resampler(torch.cat(tokens, dim=1))
+            latents = self.resampler(*self._expert_tokens(expert_maps, instances, present or {}, x))
             if not self.rgb_attends_latents:
                 mask = _one_way_mask(x.shape[1], latents.shape[1], x.device)
             x = torch.cat([x, latents], dim=1)
+            seen = self.vision_mask(present or {}, x.shape[0])
+            if seen is not None:  # [B, T] keys -> [B, 1, T, T] with the one-way rule
+                mask = seen[:, None, None, :] & (mask if mask is not None else True)
         x = self.ln_pre(x)
         for block, adaptor in zip(self.blocks, self.adaptors):
             attention, mlp = self._branches(block)
@@ -268,6 +278,39 @@ class VisionEncoder(nn.Module):
             x = adaptor(x)
             x = x + mlp(x)
         return self.ln_post(x)
+
+    def _expert_tokens(
+        self, maps: Mapping[str, torch.Tensor], instances: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor], x: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All experts' tokens [B, N, width] and which of them the resampler reads ([B, N]
+        bool; None: all). An expert no sample has is left out rather than masked."""
+        position = self._stem_positions()
+        tokens, keep = [], []
+        for name, stem in self.stems.items():
+            here = present.get(name)
+            if here is not None and not bool(here.any()):
+                continue
+            tokens.append(stem(maps[name], instances.get(name)) + position)
+            keep.append(None if here is None or bool(here.all()) else here[:, None].expand(-1, tokens[-1].shape[1]))
+        if not tokens:
+            return x.new_zeros(x.shape[0], 0, x.shape[2]), None
+        if all(k is None for k in keep):
+            return torch.cat(tokens, dim=1), None
+        ones = [torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if k is None else k for t, k in zip(tokens, keep)]
+        return torch.cat(tokens, dim=1), torch.cat(ones, dim=1)
+
+    def vision_mask(self, present: Mapping[str, torch.Tensor], batch: int) -> torch.Tensor | None:
+        """Which vision tokens other tokens may attend to, [B, num_tokens] bool, or None (all):
+        the latents of a sample that has no expert map at all summarise nothing and are hidden."""
+        if self.resampler is None or set(self.stems) - set(present):
+            return None  # some expert is present in every sample
+        bare = ~torch.stack([present[name].to(torch.bool) for name in self.stems]).any(dim=0)
+        if not bool(bare.any()):
+            return None
+        seen = torch.ones(batch, self.num_tokens, dtype=torch.bool, device=bare.device)
+        seen[:, 1 + self.grid**2 :] = ~bare[:, None]
+        return seen
 
     def _stem_positions(self) -> torch.Tensor:
         """The shared positional embedding (without the class slot) on the stems' grid."""

@@ -109,9 +109,19 @@ class Viewer:
         return list(self.predictor.experts) if self.predictor is not None else []
 
     @property
+    def model_experts_used(self) -> list[str]:
+        """The checkpoint's experts the model reads here (less those `--missing-experts drop` left out)."""
+        return list(self.predictor.experts_used) if self.predictor is not None else []
+
+    @property
+    def dropped_experts(self) -> dict[str, str]:
+        """The checkpoint's experts the model runs without here, with why."""
+        return dict(self.predictor.dropped_experts) if self.predictor is not None else {}
+
+    @property
     def default_experts(self) -> list[str]:
-        """The panels drawn unless the page chooses: the checkpoint's experts, or every ready one."""
-        return self.model_experts if self.predictor is not None else list(self.ready_experts)
+        """The panels drawn unless the page chooses: the experts the model reads, or every ready one."""
+        return self.model_experts_used if self.predictor is not None else list(self.ready_experts)
 
     def check(self, request: LookRequest) -> LookRequest:
         """The request with its experts filled in, or a :class:`RequestError` saying what is wrong."""

@@ -1,7 +1,7 @@
 """The web app of `prismer serve`: one page, a small JSON API, a bounded queue (FastAPI).
 
     GET  /                      the page (static/index.html: plain HTML and JavaScript, no CDN)
-    GET  /api/info              checkpoint, experts, examples, limits, queue
+    GET  /api/info              checkpoint, experts (trained with, used, dropped), examples, limits, queue
     GET  /api/examples/{id}     an example image, by its number in the allow-list
     POST /api/jobs              multipart: image (a file) or example (a number); experts,
                                 caption, question, answers -> 202 {id, state, ahead}
@@ -79,6 +79,8 @@ def create_app(viewer: Viewer, *, limits: UploadLimits | None = None, examples: 
         return {
             "checkpoint": viewer.checkpoint,
             "model_experts": viewer.model_experts,
+            "model_experts_used": viewer.model_experts_used,
+            "dropped_experts": viewer.dropped_experts,
             "ready_experts": viewer.ready_experts,
             "default_experts": viewer.default_experts,
             "examples": [{"id": e.id, "name": e.name, "url": f"/api/examples/{e.id}"} for e in examples.items],

@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
 
     data: list[str] = Field(description="Training manifest: JSONL, COCO captions / VQAv2 questions / BLIP-style .json, a .tar shard or a folder of shards (repeatable).")
     out: str = Field(description="Run folder [default: runs/SPEC-EXPERTS].")
-    spec: str = Field("tiny", description="Model spec: a bundled name (tiny, base, large) or a .yaml file.")
+    spec: str | None = Field(None, description="Model spec: a bundled name (tiny, base, large) or a .yaml file [default: tiny; with --init-from, the checkpoint's].")
     experts: list[str] = Field(default_factory=list, description="Comma-separated experts, e.g. edge,ocr; empty trains PrismerZ (RGB only).")
     tasks: list[str] = Field(default_factory=lambda: ["caption"], description="caption, vqa, or caption,vqa (rows of a manifest are used for the tasks whose keys they have).")
     val_data: list[str] = Field(default_factory=list, description="Validation manifest (repeatable): its loss is logged and plotted.")
@@ -42,6 +42,8 @@ class TrainConfig(BaseModel):
     labels: str | None = Field(None, description="Label store from `prismer label` to read expert maps from; without it experts run on the fly.")
     spec_overrides: dict[str, Any] = Field(default_factory=dict, description="Spec fields replaced for this run, e.g. {'image_size': 128}.")
     expert_settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Settings of experts run on the fly, {expert: {key: value}}.")
+    expert_dropout: float = Field(0.0, ge=0, lt=1, description="Probability that a training sample goes without an expert's map, drawn for each expert and sample (the model masks it), so the model also answers with fewer experts.")
+    init_from: str | None = Field(None, description="Start from this checkpoint's weights (a checkpoint or run folder, or a Hugging Face Hub id): its experts load exactly, experts new in --experts get a fresh stem.")
     max_steps: int = Field(1000, ge=1, description="Optimisation steps to train for (in all, counting resumed ones).")
     batch_size: int = Field(8, ge=1, description="Samples per step and process.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
@@ -96,6 +98,10 @@ class TrainConfig(BaseModel):
         self.val_data = [_absolute(p) for p in self.val_data]
         self.labels = _absolute(self.labels) if self.labels else None
         self.image_root = _absolute(self.image_root) if self.image_root else None
+        if self.init_from and Path(self.init_from).expanduser().exists():  # otherwise a hub id, or an error later
+            self.init_from = _absolute(self.init_from)
+        if self.spec is None and not self.init_from:
+            self.spec = "tiny"
         return self
 
     @property

@@ -23,7 +23,7 @@ from ..text import IGNORE_INDEX
 from ..model.prismer import part_of
 from .config import TrainConfig
 from .distributed import Distributed
-from .state import load_training_state, read_extra, save_training_state
+from .state import load_pickled_state, load_training_state, read_extra, save_training_state
 
 DEEPSPEED_TAG = "deepspeed"
 
@@ -228,10 +228,26 @@ class DeepSpeedEngine(Engine):
             write_json_atomic(folder / "trainer.json", {"engine": "deepspeed", **extra})
 
     def load_state(self, folder: Path) -> dict[str, Any]:
+        # DeepSpeed's own loader unpickles with weights_only=False; every file goes through ours.
+        self.engine.checkpoint_engine = _WeightsOnlyLoading(self.engine.checkpoint_engine)
         path, _ = self.engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=False)
         if path is None:
             raise PrismerError(f"no DeepSpeed state in {folder}: was this run trained with another engine?")
         return read_extra(folder)
+
+
+class _WeightsOnlyLoading:
+    """A DeepSpeed checkpoint engine that reads files with :func:`load_pickled_state`
+    (``weights_only=True``) and leaves everything else to the engine it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_pickled_state(path, map_location)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 ENGINES = {"plain": Engine, "ddp": DDPEngine, "deepspeed": DeepSpeedEngine}

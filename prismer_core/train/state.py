@@ -1,7 +1,9 @@
 """Training state (optimizer, schedule, RNG) in safetensors + JSON: nothing is pickled.
 
-(DeepSpeed's engine keeps its partitioned optimizer state in its own checkpoint format;
-the RNG file and the step counters are ours in every engine.)
+(DeepSpeed's engine keeps its partitioned optimizer state in its own format, files that
+``torch.save`` pickled; they are read back only through :func:`load_pickled_state`, with
+``weights_only=True``: tensors, plain data and a short list of DeepSpeed's own data classes,
+never arbitrary objects. The RNG file and the step counters are ours in every engine.)
 
 The optimizer's per-parameter tensors (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) are
 stored as ``state.<param index>.<name>``; its parameter groups and the scheduler's state,
@@ -10,7 +12,9 @@ which are plain numbers, go into JSON beside them.
 
 from __future__ import annotations
 
+import importlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +111,46 @@ def restore_rng(folder: Path) -> None:
     torch.set_rng_state(tensors["cpu"])
     if "cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["cuda"])
+
+
+#: DeepSpeed's plain-data classes found in its ZeRO optimizer files (an enum, a (start, numel)
+#: record, the loss scalers' numbers): allowed by name when a pickled state is read; any other
+#: object in such a file is refused.
+DEEPSPEED_DATA_CLASSES = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+)
+
+
+def load_pickled_state(path: str | Path, map_location: Any = None) -> Any:
+    """A state file that ``torch.save`` pickled (DeepSpeed's), read with ``weights_only=True``.
+
+    A file that holds anything but tensors, plain data and :data:`DEEPSPEED_DATA_CLASSES` is
+    refused with a :class:`TrainingStateError`: unpickling it could run any code.
+    """
+    try:
+        with torch.serialization.safe_globals(_deepspeed_data_classes()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line or "Unsupported operand" in line), "")
+        raise TrainingStateError(
+            f"training state {path} holds pickled objects other than tensors and plain data"
+            f"{f' ({found[:160]})' if found else ''}; refusing to unpickle it, since that could run any code: "
+            "resume only from states this prismer wrote, or start a new run with --init-from its checkpoint"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise TrainingStateError(f"training state {path} is unreadable: {exc}") from None
+
+
+def _deepspeed_data_classes() -> list[Any]:
+    """The classes of :data:`DEEPSPEED_DATA_CLASSES` that this DeepSpeed has (none without it)."""
+    found = []
+    for dotted in DEEPSPEED_DATA_CLASSES:
+        module, _, name = dotted.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return found

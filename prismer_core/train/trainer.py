@@ -36,6 +36,7 @@ from ..text import TextCodec
 from .config import TrainConfig
 from .distributed import Distributed, choose_engine, setup_distributed
 from .engine import Engine, make_engine
+from .init_from import Parent, model_from_parent, read_parent
 from .run_dir import RunDir, RunDirError
 from .sampler import EvalSampler, StepSampler
 from .state import restore_rng, save_rng
@@ -108,6 +109,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
     live = config.labels is None
     specs = get_registry().require(config.experts, live=live, settings=config.expert_settings)
+    parent = _parent(config, specs) if config.init_from and not resume else None
     labels = _label_source(config, specs)
     data = load_data(config.data, config.tasks, config.on_bad_row)
     val = load_data(config.val_data, config.tasks, config.on_bad_row) if config.val_data else None
@@ -115,14 +117,20 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
 
     run = RunDir(config.out)
     latest = _prepare_run(run, config, resume, ctx)
+    if config.init_from and latest is None and parent is None:  # resuming a run that never saved
+        parent = _parent(config, specs)
     engine_name = choose_engine(config.engine, ctx)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
     if latest is not None:
         model = Prismer.from_pretrained(latest[1], experts=specs)
+    elif parent is not None:
+        model = model_from_parent(parent, specs)
+        new = ", ".join(parent.new_experts) or "none"
+        console.print(f"starting from {parent.info.directory} (experts {', '.join(parent.info.experts) or 'none'}; new: {new})")
     else:
         model = build_model(load_spec(config.spec, config.spec_overrides or None), specs)
-    encoder = _label_encoder(specs, latest[1] if latest else None)
+    encoder = _label_encoder(specs, latest[1] if latest else parent.info.directory if parent else None)
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
     engine = make_engine(engine_name, model, config, ctx)
@@ -133,15 +141,16 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
         if ctx.is_main:
             run.truncate_metrics(start_step)
         console.print(f"resuming {run.root} from step {start_step} ({latest[1].name})")
+    lineage = parent.record() if parent is not None else (run.read_config().get("parent") if latest is not None else None)
     if ctx.is_main:
-        _write_run_record(run, config, engine, specs, labels, encoder, ctx)
+        _write_run_record(run, config, engine, specs, labels, encoder, ctx, lineage)
         if encoder is not None:  # copied into every checkpoint
             encoder.save(run.root / LABEL_ENCODER_FILE)
 
     model = engine.model
     sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
                                    model.image_mean, model.image_std, specs, encoder)
-    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt)
+    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout)
     collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
                           start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
@@ -149,7 +158,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     evaluator = _Evaluator(val, config, train_set, collate, engine, ctx) if val else None
 
     skipped = list(dict.fromkeys([str(row) for row in data.bad_rows] + skipped))
-    loop = _Loop(config, ctx, engine, run, console, specs, encoder, skipped, start_step, len(train_set))
+    loop = _Loop(config, ctx, engine, run, console, specs, encoder, skipped, start_step, len(train_set), lineage, data)
     with StopRequest().installed() as stop:
         loop.run(loader, stop, evaluator, show_progress, latest[1] / "trainer" if latest else None)
     return loop.result
@@ -159,9 +168,11 @@ class _Loop:
     """The steps themselves, with logging, evaluation, checkpoints and stop requests."""
 
     def __init__(self, config: TrainConfig, ctx: Distributed, engine: Engine, run: RunDir, console: Console,
-                 specs: dict, encoder: Any, skipped: list[str], start_step: int, num_samples: int) -> None:
+                 specs: dict, encoder: Any, skipped: list[str], start_step: int, num_samples: int,
+                 parent: dict[str, Any] | None = None, data: SampleSet | None = None) -> None:
         self.config, self.ctx, self.engine, self.run_dir, self.console = config, ctx, engine, run, console
         self.specs, self.encoder = specs, encoder
+        self.parent, self.data = parent, data
         self.skipped = skipped
         self.num_samples = num_samples
         self.step = start_step
@@ -250,7 +261,7 @@ class _Loop:
 
     def _title(self) -> str:
         experts = ",".join(self.specs) or "none (PrismerZ)"
-        return f"{self.config.spec}, experts: {experts}, tasks: {'+'.join(self.config.tasks)}"
+        return f"{self.config.spec or self.engine.model.spec.name}, experts: {experts}, tasks: {'+'.join(self.config.tasks)}"
 
     def _save(self) -> None:
         """Write checkpoints/step-N (model + training state) and point latest.json at it."""
@@ -259,7 +270,8 @@ class _Loop:
         folder = self.run_dir.checkpoint_path(self.step)
         partial = folder.parent / f".{folder.name}.trainer.partial"
         extra = {"training": {"step": self.step, "tasks": self.config.tasks, "caption_prompt": self.config.caption_prompt,
-                              "max_text_length": self.config.max_text_length, "run": str(self.run_dir.root)}}
+                              "max_text_length": self.config.max_text_length, "run": str(self.run_dir.root),
+                              **self._card_facts()}}
         if self.ctx.is_main:
             shutil.rmtree(partial, ignore_errors=True)
             if folder.exists():
@@ -284,6 +296,19 @@ class _Loop:
         self.ctx.barrier()
         self.saved_step = self.step
         self.result.checkpoint = folder
+
+
+    def _card_facts(self) -> dict[str, Any]:
+        """What the checkpoint's model card says of its training: data, dropout, parent, losses."""
+        facts: dict[str, Any] = {"data": self.config.data, "val_data": self.config.val_data,
+                                 "expert_dropout": self.config.expert_dropout, "max_steps": self.config.max_steps}
+        if self.data is not None:
+            facts["samples"] = {task: self.data.count(task) for task in self.config.tasks}
+        if self.parent is not None:
+            facts["parent"] = self.parent
+        if self.result.val_loss:
+            facts["val_loss"] = {task: round(loss, 5) for task, loss in self.result.val_loss.items()}
+        return facts
 
 
 class _Evaluator:
@@ -356,11 +381,18 @@ def _label_source(config: TrainConfig, specs: dict) -> LabelSource | None:
     return LiveLabels(config.experts, settings=config.expert_settings)
 
 
+def _parent(config: TrainConfig, specs: dict) -> Parent:
+    assert config.init_from
+    return read_parent(config.init_from, config.spec, config.spec_overrides, specs)
+
+
 def _write_run_record(
-    run: RunDir, config: TrainConfig, engine: Engine, specs: dict, labels: LabelSource | None, encoder: Any, ctx: Distributed
+    run: RunDir, config: TrainConfig, engine: Engine, specs: dict, labels: LabelSource | None, encoder: Any, ctx: Distributed,
+    parent: dict[str, Any] | None = None,
 ) -> None:
     model = engine.model
     run.write_config({
+        **({"parent": parent} if parent is not None else {}),
         "config": config.to_dict(),
         "spec": model.spec.to_dict(),
         "experts": {
