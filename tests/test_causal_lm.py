@@ -5,6 +5,7 @@ generates with its key/value cache, trains without moving, and says clearly what
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ import yaml
 from lm_helpers import save_tiny_llama, tiny_lm_spec
 from model_helpers import experts, make_batch
 from prismer_core.checkpoint import WEIGHTS_FILE, CheckpointError
+from prismer_core.errors import PrismerError
 from prismer_core.model import Prismer, build_model
+from prismer_core.specs import spec_from_dict
 from prismer_core.text import IGNORE_INDEX, CausalLMCodec, TextCodec, task_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -197,3 +200,72 @@ def test_checkpoints_keep_what_trained_and_find_the_lm_again(llama, model, tmp_p
     (moved / "spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(CheckpointError, match=r"needs its language model: .*gone'?: no such file or folder"):
         Prismer.from_pretrained(moved)
+
+
+# -- as a user runs it ----------------------------------------------------------------------------
+
+
+def write_spec(path, spec) -> str:
+    path.write_text(yaml.safe_dump(spec.to_dict()))
+    return str(path)
+
+
+def test_train_then_caption_answer_rank_and_eval_through_the_cli(llama, cli, tmp_path):
+    from prismer_core.demo.scenes import generate_demo
+
+    demo = tmp_path / "demo"
+    generate_demo(demo, n=12, seed=2, size=64)
+    spec = write_spec(tmp_path / "lm.yaml", tiny_lm_spec(llama))
+    run = tmp_path / "run"
+    cli("train", "--spec", spec, "--data", demo / "train.jsonl", "--experts", "edge", "--task", "caption,vqa",
+        "--out", run, "--max-steps", "3", "--batch-size", "4", "--workers", "0", "--threads", "1", "--lr", "1e-3")
+    checkpoint = json.loads((run / "checkpoints" / "latest.json").read_text())
+    saved = next((run / "checkpoints").glob("*/prismer.json"))
+    assert json.loads(saved.read_text())["language_model"]["resolved"] == str(llama), checkpoint
+    image = next((demo / "images" / "test").glob("*.png"))
+    out = tmp_path / "captions.jsonl"
+    cli("caption", "--checkpoint", run, image, "--out", out, "--beams", "3")
+    assert len(out.read_text().splitlines()) == 1 and "caption" in json.loads(out.read_text())
+    answered = cli("vqa", "--checkpoint", run, image, "what colour is the star?", "--beams", "1")
+    assert answered.output.strip()
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps(["red", "blue", "two"]))
+    ranked = cli("vqa", "--checkpoint", run, image, "what colour is the star?", "--answers", answers, "--top", "3")
+    assert all(a in ranked.output for a in ("red", "blue", "two"))
+    report = tmp_path / "eval.json"
+    cli("eval", "--checkpoint", run, "--data", demo / "test.jsonl", "--task", "vqa", "--limit", "4", "--report", report,
+        "--beams", "1")
+    assert "accuracy" in json.dumps(json.loads(report.read_text()))
+
+
+def test_bad_language_models_are_one_line_errors(llama, cli, tmp_path, monkeypatch):
+    from lm_helpers import write_gguf
+    from prismer_core.demo.scenes import generate_demo
+
+    demo = tmp_path / "demo"
+    generate_demo(demo, n=4, seed=2, size=64)
+    whole = write_gguf(tmp_path / "whole.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(whole[:-100])
+    (tmp_path / "header.gguf").write_bytes(whole[:40])
+    write_gguf(tmp_path / "q8k.gguf", "Q8_K")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    narrow = tiny_lm_spec(llama).to_dict()
+    narrow["decoder"]["config"]["hidden_size"] = 32
+    cases = [
+        (tiny_lm_spec(tmp_path / "cut.gguf"), r"GGUF file .*cut\.gguf is truncated: its tensors end at byte [\d,]+, the file has [\d,]+ bytes"),
+        (tiny_lm_spec(tmp_path / "header.gguf"), r"GGUF file .*header\.gguf is truncated or damaged"),
+        (tiny_lm_spec(tmp_path / "q8k.gguf"), r"GGUF file .*q8k\.gguf: tensor 'blk\.0\.attn_q\.weight' is quantised as Q8_K, which cannot be dequantised"),
+        (tiny_lm_spec("nobody/no-such-lm"), r"cannot load the (tokenizer|language model) 'nobody/no-such-lm' from the Hugging Face cache .*without internet, put a local folder or \.gguf file"),
+        (spec_from_dict(narrow, "narrow"), r"is 64 wide, but the mapper writes 32-wide prefix embeddings \(decoder\.config\.hidden_size\): set it to 64"),
+    ]
+    for number, (spec, message) in enumerate(cases):
+        out = tmp_path / f"run{number}"
+        result = cli("train", "--spec", write_spec(tmp_path / f"bad{number}.yaml", spec), "--data", demo / "train.jsonl",
+                     "--out", out, "--max-steps", "1", "--workers", "0", check=False)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert result.exit_code == 1 and len(errors) == 1 and re.search(message, errors[0]), result.output
+        assert not (out / "checkpoints").exists()
+    heads = tiny_lm_spec(llama).to_dict()
+    heads["decoder"]["mapper"].update(width=30, heads=4)
+    with pytest.raises(PrismerError, match=r"decoder\.mapper: .*width \(30\) must be a multiple of heads \(4\)"):
+        spec_from_dict(heads, "heads")
