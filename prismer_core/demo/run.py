@@ -3,9 +3,11 @@
 1. generate the demo scenes (:mod:`prismer_core.demo.scenes`) under ``OUT/data``;
 2. label every split with the ``edge`` and ``ocr`` experts into the label store ``OUT/labels``;
 3. train the tiny spec twice on the same data and schedule: with ``edge,ocr``, and as
-   PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``;
+   PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``; with ``llm_steps``, a
+   third run on the same data: ``edge,ocr`` and the frozen SmolLM2 (spec ``smol``), ``OUT/runs/llm``;
 4. print what training measured (final losses, throughput) and where plots and checkpoints are;
-5. evaluate both on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores.
+5. evaluate every run on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores,
+   and what each wrote for two test images.
 
 Every stage resumes: the data is deterministic, the label store skips finished images, and a
 run folder that exists is resumed (a finished one is left as it is).
@@ -26,6 +28,11 @@ from .scenes import generate_demo
 
 #: The two runs compared: a name and its experts.
 RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("experts", ("edge", "ocr")), ("rgb", ()))
+#: The optional third run: the same experts, a frozen pre-trained LLM as the language side.
+LLM_RUN: tuple[str, tuple[str, ...]] = ("llm", ("edge", "ocr"))
+LLM_SPEC = "smol"
+#: Names of the runs in the evaluation table.
+RUN_TITLES = {"experts": "edge+ocr", "rgb": "PrismerZ", "llm": "edge+ocr+SmolLM2"}
 
 
 @dataclass
@@ -60,17 +67,26 @@ class DemoSettings:
     #: latents, nearly the same for every image early on, diluted them: on the validation split
     #: edge+ocr answered 0.32 against PrismerZ's 0.35 (320 scenes, 1000 steps, same seed); one-way, 0.35 both.
     rgb_attends_latents: bool = False
+    #: Steps of the third run (edge+ocr with SmolLM2-135M frozen, spec ``smol``); 0: no third
+    #: run. Off by default: the two tiny runs already take 12 of `make demo`'s 15 minutes on 2
+    #: cores, and dequantising SmolLM2's GGUF file alone takes 30-70 s there.
+    llm_steps: int = 0
+    #: Not tuned on the demo: on two demo captions, 10 steps at 1e-2 lowered the caption loss
+    #: from 3.33 to 2.87 (tests/test_smollm2.py) and 3e-3 spiked once; 1e-3 is the cautious pick.
+    llm_lr: float = 1e-3
 
-    def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...]) -> TrainConfig:
+    def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...], spec: str = "tiny") -> TrainConfig:
+        llm = spec != "tiny"
         return TrainConfig(
             data=[str(data / "train.jsonl")], val_data=[str(data / "val.jsonl")], out=str(out),
-            spec="tiny", experts=list(experts),
+            spec=spec, experts=list(experts),
             spec_overrides={
-                "image_size": self.image_size, "frozen": list(self.frozen),
+                "image_size": self.image_size, "frozen": [*self.frozen, *(["decoder.lm"] if llm else [])],
                 "resampler.latents": self.latents, "resampler.rgb_attends_latents": self.rgb_attends_latents,
             },
             tasks=["caption", "vqa"], labels=str(labels) if experts else None,
-            max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            max_steps=self.llm_steps if llm else self.steps, batch_size=self.batch_size,
+            lr=self.llm_lr if llm else self.lr, seed=self.seed,
             crop_scale=0.9, hflip=0.0,  # positions are named in the text: no flips
             workers=self.workers, threads=self.threads, eval_every=self.eval_every, eval_samples=256,
         )
@@ -85,7 +101,8 @@ class DemoReport:
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Console | None = None) -> DemoReport:
-    """Generate, label, train twice, evaluate; prints progress and the results table."""
+    """Generate, label, train twice (three times with ``llm_steps``), evaluate; prints progress
+    and the results table."""
     import time
 
     from ..labeling import label_images
@@ -110,12 +127,15 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
         console.print(f"{split}: labelled {done.labelled} images, {done.skipped_done} already done")
     report.seconds["labels"] = time.perf_counter() - start
 
-    for index, (name, run_experts) in enumerate(RUNS, start=1):
+    runs = [(name, run_experts, "tiny") for name, run_experts in RUNS]
+    if settings.llm_steps:
+        runs.append((*LLM_RUN, LLM_SPEC))
+    for index, (name, run_experts, spec) in enumerate(runs, start=1):
         start = time.perf_counter()
         what = ",".join(run_experts) if run_experts else "none (PrismerZ, RGB only)"
-        console.rule(f"3/5 training {index}/{len(RUNS)}: experts {what}")
+        console.rule(f"3/5 training {index}/{len(runs)}: experts {what}, spec {spec}")
         folder = out / "runs" / name
-        config = settings.train_config(folder, data, labels, run_experts)
+        config = settings.train_config(folder, data, labels, run_experts, spec)
         report.runs[name] = train(config, resume=RunDir(folder).exists(), console=console)
         report.seconds[f"train {name}"] = time.perf_counter() - start
 
@@ -138,7 +158,7 @@ def results_table(report: DemoReport) -> Table:
     for column in ("run", "experts", "steps", "train loss", "val loss caption", "val loss vqa", "images/s"):
         table.add_column(column)
     for name, result in report.runs.items():
-        experts = ",".join(e for n, experts in RUNS if n == name for e in experts) or "-"
+        experts = ",".join(e for n, experts in (*RUNS, LLM_RUN) if n == name for e in experts) or "-"
         val = result.val_loss
         table.add_row(
             name, experts, str(result.step), _number(result.last_loss),
@@ -152,8 +172,7 @@ def _number(value: float | None) -> str:
 
 
 def evaluate_trained(report: DemoReport, test_manifest: Path, labels: Path, console: Console) -> dict[str, dict[str, float]]:
-    """The evaluation table of both runs on the test split (VQA accuracy, caption CIDEr and
+    """The evaluation table of every run on the test split (VQA accuracy, caption CIDEr and
     BLEU-4), by the same code as `prismer eval` (:func:`prismer_core.demo.evaluate_demo`)."""
-    names = {"experts": "edge+ocr", "rgb": "PrismerZ"}
-    runs = {names.get(name, name): result.checkpoint for name, result in report.runs.items()}
+    runs = {RUN_TITLES.get(name, name): result.checkpoint for name, result in report.runs.items()}
     return evaluate_runs(runs, test_manifest, report.out / "eval", labels=labels, console=console)
