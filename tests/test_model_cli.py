@@ -45,6 +45,17 @@ def test_large_and_tiny_specs_and_prismerz():
     assert prismerz["vision_tokens"] == 1 + 14 * 14
 
 
+def test_the_frozen_llm_spec_trains_under_a_tenth_of_its_parameters():
+    """smol: SmolLM2-135M frozen, counted from the spec's config without reading the GGUF file."""
+    report = info("smol")
+    parts = report["parts"]
+    assert parts["decoder.lm"] == {"total": 134_515_008, "trainable": 0}  # SmolLM2-135M, tied embeddings
+    assert parts["decoder.mapper"]["trainable"] == parts["decoder.mapper"]["total"] > 0
+    assert "decoder.lora" not in parts  # LoRA is off by default
+    assert report["trainable"] / report["total"] <= 0.10  # 2.7% with the six experts
+    assert report["vision_tokens"] == 1 + 14 * 14 + 64
+
+
 def test_table_output_and_clear_errors():
     table = run("model", "info", "--spec", "base", "--experts", "edge,seg=semantic")
     assert table.exit_code == 0 and "vision.resampler" in table.output and "trainable:" in table.output
@@ -60,4 +71,4 @@ def test_table_output_and_clear_errors():
 def test_bundled_specs_are_listed():
     result = run("model", "specs")
     assert result.exit_code == 0
-    assert [line.split()[0] for line in result.output.splitlines()] == ["base", "large", "tiny"]
+    assert [line.split()[0] for line in result.output.splitlines()] == ["base", "large", "smol", "tiny"]

@@ -22,6 +22,7 @@ def test_demo_runs_every_stage_and_its_eval_commands_reproduce_the_table(cli, tm
         assert (run / "loss.png").exists()
         assert f"{name}: checkpoint {run / 'checkpoints' / 'step-000002'}" in result.stderr
     assert "train loss" in result.stderr and "images/s" in result.stderr  # what training measured
+    assert "edge+ocr: caption: " in result.stderr and "PrismerZ: caption: " in result.stderr  # what they wrote
 
     # the evaluation table: one report per run and task, each with its `prismer eval` line
     reports = {p.name: json.loads(p.read_text()) for p in (out / "eval").glob("*.json")}

@@ -48,6 +48,7 @@ def evaluate_demo(
     console = console or Console()
     out = Path(out)
     table: dict[str, dict[str, float]] = {}
+    predictions: dict[str, dict[str, list[dict]]] = {}
     commands = []
     for name, run in runs.items():
         predictor = Predictor.from_checkpoint(run, labels=labels)
@@ -56,6 +57,7 @@ def evaluate_demo(
             report_path = out / f"{_slug(name)}-{task}.json"
             report = evaluate(predictor, test_data, task, console=console, show_progress=show_progress)
             report.write(report_path)
+            predictions.setdefault(name, {})[task] = report.predictions
             # VQA keeps every metric (the accuracy per type too); captions their headline ones
             row.update(report.metrics if task == "vqa" else {m: report.metrics[m] for m in HEADLINE[task]})
             flags = ["--labels", str(labels)] if labels else []
@@ -70,10 +72,27 @@ def evaluate_demo(
     if kinds:
         console.print("VQA accuracy by question type:")
         console.print(metrics_table(by_type, kinds))
+    print_samples(predictions, console)
     console.print(f"reports in {out}; each row again from the command line:")
     for command in commands:
         console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
     return table
+
+
+def print_samples(predictions: Mapping[str, Mapping[str, list[dict]]], console: Console, images: int = 2) -> None:
+    """What each run wrote for the first ``images`` test images (its caption, its answer to the
+    image's first question), side by side, so a person reads the language and not only scores."""
+    first = next(iter(predictions.values()), {})
+    names = list(dict.fromkeys(p["image"] for p in first.get("caption", [])))[:images]
+    for image in names:
+        console.print(f"[bold]{image}[/bold]")
+        for run, tasks in predictions.items():
+            caption = next((p["prediction"] for p in tasks.get("caption", []) if p["image"] == image), None)
+            answer = next((p for p in tasks.get("vqa", []) if p["image"] == image), None)
+            console.print(f"  {run}: caption: {caption!r}", markup=False, highlight=False, soft_wrap=True)
+            if answer is not None:
+                console.print(f"  {run}: {answer['question']} -> {answer['prediction']!r} (expected {answer['answers'][0]!r})",
+                              markup=False, highlight=False, soft_wrap=True)
 
 
 def _slug(name: str) -> str:

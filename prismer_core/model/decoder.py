@@ -43,6 +43,10 @@ class DecoderCache:
     def length(self) -> int:
         return 0 if self.valid is None else self.valid.shape[1]
 
+    def image_only(self) -> "DecoderCache":
+        """The cache of the images alone, before any token."""
+        return DecoderCache(cross=self.cross, cross_mask=self.cross_mask)
+
     def reorder(self, rows: torch.Tensor) -> "DecoderCache":
         """Pick past rows (beam search); ``rows`` must stay within each image's group of beams,
         so the cross-attention keys/values, identical within a group, are left as they are."""

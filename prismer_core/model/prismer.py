@@ -6,6 +6,10 @@ key/value cache); ``score`` gives the log-likelihood of candidate continuations;
 ``parameter_report`` counts parameters per part. The model reads
 :class:`~prismer_core.inputs.ModelInputs` and token ids only: text is tokenised and decoded by
 :mod:`prismer_core.text`. With no experts it is PrismerZ: RGB only, no resampler.
+
+The language side is chosen by the spec's ``decoder.kind``: the RoBERTa-style decoder with
+cross-attention (:mod:`.decoder`), or a frozen causal LM read through a mapper
+(:mod:`.causal_lm`); both take a key/value cache from ``start(vision tokens)``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from .. import checkpoint
 from ..errors import PrismerError
 from ..experts.contract import ExpertSpec
 from ..inputs import ModelInputs
+from ..lm_source import LMSourceError
 from ..specs import PART_NAMES, ModelSpec, load_spec
 from ..text import TokenRows
+from .causal_lm import CausalLMDecoder, LMCache, load_language_model
 from .decoder import DecoderCache, TextDecoder, load_pretrained_decoder
 from .generation import beam_search, greedy_search
 from .vision import VisionEncoder, load_vision_tower
@@ -43,6 +49,9 @@ PART_PATTERNS: tuple[tuple[str, str], ...] = (
     ("decoder.cross_attention", r"decoder\.layers\.\d+\.(cross_attn|cross_norm)\."),
     ("decoder.adaptors", r"decoder\.layers\.\d+\.adaptor\."),
     ("decoder.lm_head", r"decoder\.lm_head\."),
+    ("decoder.mapper", r"decoder\.mapper\."),
+    ("decoder.lora", r"decoder\.lm\..*\.lora_"),
+    ("decoder.lm", r"decoder\.lm\."),
 )
 assert tuple(part for part, _ in PART_PATTERNS) == PART_NAMES
 
@@ -69,14 +78,23 @@ class PartCount:
 class Prismer(nn.Module):
     """Build with :func:`build_model` (or :meth:`from_pretrained`), not directly."""
 
-    def __init__(self, spec: ModelSpec, experts: Mapping[str, ExpertSpec], vision_tower: nn.Module) -> None:
+    def __init__(self, spec: ModelSpec, experts: Mapping[str, ExpertSpec], vision_tower: nn.Module,
+                 language_model: nn.Module | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.expert_specs: dict[str, ExpertSpec] = dict(sorted(experts.items()))
         self.encoder = VisionEncoder(spec, self.expert_specs, vision_tower)
-        self.decoder = TextDecoder(spec.decoder, self.encoder.width, spec.adaptor_ratio)
+        self.decoder: TextDecoder | CausalLMDecoder
+        if spec.decoder.kind == "causal_lm":  # the language side, by the spec's decoder.kind
+            if language_model is None:
+                raise PrismerError("a causal_lm decoder needs its language model (build with build_model)")
+            self.decoder = CausalLMDecoder(spec.decoder, self.encoder.width, language_model)
+        else:
+            self.decoder = TextDecoder(spec.decoder, self.encoder.width, spec.adaptor_ratio)
         #: Names of the weights that came from the backbones' sources (not saved in checkpoints).
         self.pretrained_names: frozenset[str] = frozenset()
+        #: The causal LM's files and hash (recorded in checkpoints; None for the other decoder).
+        self.language_model_identity: dict[str, Any] | None = None
         self.apply_freezing()
 
     # -- what users read -------------------------------------------------------------------
@@ -109,7 +127,11 @@ class Prismer(nn.Module):
         info = checkpoint.read_checkpoint_info(directory)
         if experts is not None:
             checkpoint.check_same_experts(info, experts)
-        model = build_model(info.spec, experts if experts is not None else info.experts, device=device)
+        try:
+            model = build_model(info.spec, experts if experts is not None else info.experts, device=device)
+        except LMSourceError as exc:
+            raise checkpoint.CheckpointError(f"checkpoint {info.directory} needs its language model: {exc}") from None
+        checkpoint.check_same_language_model(info, model.language_model_identity)
         checkpoint.load_weights(model, info, set(checkpoint.saved_weight_names(model)), device)
         return model
 
@@ -199,18 +221,18 @@ class Prismer(nn.Module):
                 state = state.repeat_interleave(num_beams)
                 tokens, valid = tokens.repeat_interleave(num_beams, 0), valid.repeat_interleave(num_beams, 0)
 
-            def step(tokens: torch.Tensor, valid: torch.Tensor, state: DecoderCache):
+            def step(tokens: torch.Tensor, valid: torch.Tensor, state: DecoderCache | LMCache):
                 if use_cache:
                     seen = state.length
                     hidden, state = self.decoder(tokens[:, seen:], state, valid[:, seen:])
                 else:
-                    hidden, _ = self.decoder(tokens, DecoderCache(cross=state.cross, cross_mask=state.cross_mask), valid)
+                    hidden, _ = self.decoder(tokens, state.image_only(), valid)
                 return F.log_softmax(self.decoder.logits(hidden[:, -1]).float(), dim=-1), state
 
             options = dict(max_new_tokens=max_new_tokens, min_length=min_length, eos_id=end_token_id)
             if num_beams == 1:
                 return greedy_search(step, tokens, valid, state, **options)
-            return beam_search(step, DecoderCache.reorder, tokens, valid, state, num_beams=num_beams, **options)
+            return beam_search(step, type(state).reorder, tokens, valid, state, num_beams=num_beams, **options)
 
     @torch.no_grad()
     def score(
@@ -339,12 +361,17 @@ def build_model(
             raise PrismerError(f"experts must map each name to its ExpertSpec; got {name!r} -> {expert!r}")
     meta = torch.device(device).type == "meta"
     tower = load_vision_tower(spec, device)
+    language_model, lm_files = load_language_model(spec.decoder, device) if spec.decoder.kind == "causal_lm" else (None, None)
     with torch.device(device):
-        model = Prismer(spec, experts, tower)
+        model = Prismer(spec, experts, tower, language_model)
     pretrained: set[str] = set()
     if spec.vision.pretrained and not meta:
         pretrained |= {f"encoder.{name}" for name, _ in model.encoder.named_parameters() if part_of(f"encoder.{name}") in ("vision.backbone", "vision.embeddings")}
-    if spec.decoder.weights and not meta:
+    if isinstance(model.decoder, CausalLMDecoder):
+        if lm_files is not None:  # frozen LM weights are found again from their source, never copied
+            pretrained |= {f"decoder.{name}" for name in model.decoder.pretrained_names()}
+            model.language_model_identity = lm_files.identity()
+    elif spec.decoder.weights and not meta:
         pretrained |= {f"decoder.{name}" for name in load_pretrained_decoder(model.decoder, spec.decoder)}
     model.pretrained_names = frozenset(pretrained)
     return model

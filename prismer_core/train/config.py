@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
 
     data: list[str] = Field(description="Training manifest: JSONL, COCO captions / VQAv2 questions / BLIP-style .json, a .tar shard or a folder of shards (repeatable).")
     out: str = Field(description="Run folder [default: runs/SPEC-EXPERTS].")
-    spec: str | None = Field(None, description="Model spec: a bundled name (tiny, base, large) or a .yaml file [default: tiny; with --init-from, the checkpoint's].")
+    spec: str | None = Field(None, description="Model spec: a bundled name (tiny, base, large, smol) or a .yaml file [default: tiny; with --init-from, the checkpoint's].")
     experts: list[str] = Field(default_factory=list, description="Comma-separated experts, e.g. edge,ocr; empty trains PrismerZ (RGB only).")
     tasks: list[str] = Field(default_factory=lambda: ["caption"], description="caption, vqa, or caption,vqa (rows of a manifest are used for the tasks whose keys they have).")
     val_data: list[str] = Field(default_factory=list, description="Validation manifest (repeatable): its loss is logged and plotted.")
