@@ -1,6 +1,7 @@
 """Training throughput of the tiny spec on CPU: is the model or the data the bottleneck?
 
-Measures, on the demo scenes, in images per second:
+Measures, on the demo scenes, in images per second (and for whole training the model FLOPs
+utilisation against the CPU's measured fp32 matmul peak, as `prismer train` logs it):
 
 * the data loader alone (read image, expert maps, crop/resize, label embedding, tokenise,
   collate) with 0, 2 (edge, ocr) and 6 experts;
@@ -142,8 +143,8 @@ def model_images_per_s(model, data, collate, batch_size: int, steps: int) -> flo
     return batch_size / statistics.median(times)
 
 
-def training_images_per_s(root: Path, manifest: Path, labels: Path | None, experts: tuple[str, ...], args) -> float:
-    """Whole `train()` runs; the median of the per-step rates after two warm-up steps."""
+def training_images_per_s(root: Path, manifest: Path, labels: Path | None, experts: tuple[str, ...], args) -> tuple[float, float]:
+    """Whole `train()` runs; the medians of the per-step rates and MFUs after two warm-up steps."""
     from prismer_core.train import TrainConfig, train
 
     out = root / "runs" / f"{'-'.join(experts) or 'rgb'}-{'store' if labels else 'live'}"
@@ -151,8 +152,9 @@ def training_images_per_s(root: Path, manifest: Path, labels: Path | None, exper
                          experts=list(experts), tasks=["caption", "vqa"], labels=str(labels) if labels else None,
                          max_steps=args.steps + 2, batch_size=args.batch_size, workers=args.workers, crop_scale=0.9)
     train(config, show_progress=False)
-    rates = [json.loads(line)["images_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(rates[2:])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "images_per_s" in r][2:]
+    return statistics.median(r["images_per_s"] for r in steps), statistics.median(r["mfu"] for r in steps)
 
 
 def cpu_bench(args) -> dict:
@@ -173,7 +175,7 @@ def cpu_bench(args) -> dict:
             row["loader"] = loader_images_per_s(data, collate, args.batch_size, args.workers, args.batches)
             if source == "store":
                 row["model step"] = model_images_per_s(model, data, collate, args.batch_size, args.steps)
-            row["training"] = training_images_per_s(root, prepared["manifest"], labels, experts, args)
+            row["training"], row["training MFU"] = training_images_per_s(root, prepared["manifest"], labels, experts, args)
             results["rows"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
             print(json.dumps(results["rows"][-1]), file=sys.stderr)
     return results
@@ -191,6 +193,7 @@ def gpu_bench(args) -> dict:
     from prismer_core.train.config import TrainConfig
     from prismer_core.train.distributed import setup_distributed
     from prismer_core.train.engine import make_engine
+    from prismer_core.train.utilisation import counted_flops, mfu
 
     ctx = setup_distributed("auto")
     if ctx.device.type != "cuda":
@@ -215,7 +218,8 @@ def gpu_bench(args) -> dict:
         labels = ids.clone()
         labels[:, :8] = -100
         batch = Batch(inputs, ids, torch.ones_like(ids), labels, ["caption"] * count, [])
-        for _ in range(3):
+        _, flops = counted_flops(lambda: engine.step(batch))
+        for _ in range(2):
             engine.step(batch)
         torch.cuda.synchronize(ctx.device)
         start = time.perf_counter()
@@ -223,8 +227,11 @@ def gpu_bench(args) -> dict:
             engine.step(batch)
         torch.cuda.synchronize(ctx.device)
         seconds = time.perf_counter() - start
+        images_per_s = args.steps * count * ctx.world_size / seconds
+        utilisation = mfu(images_per_s, flops / count, str(ctx.device), ctx.world_size)
         results["rows"].append({
-            "experts": len(experts), "images_per_s": round(args.steps * count * ctx.world_size / seconds, 1),
+            "experts": len(experts), "images_per_s": round(images_per_s, 1),
+            "mfu": round(utilisation, 4) if utilisation is not None else None, "flops_per_image": flops / count,
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2),
         })
         del engine, model
@@ -243,10 +250,11 @@ def machine() -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| experts | maps | data loader alone | model step alone | training |", "|---|---|---|---|---|"]
+    lines = ["| experts | maps | data loader alone | model step alone | training | training MFU |", "|---|---|---|---|---|---|"]
     for row in results["rows"]:
         model = f"{row['model step']:.1f}" if "model step" in row else "-"
-        lines.append(f"| {row['experts']} | {row['maps']} | {row['loader']:.1f} | {model} | {row['training']:.1f} |")
+        lines.append(f"| {row['experts']} | {row['maps']} | {row['loader']:.1f} | {model} | {row['training']:.1f} "
+                     f"| {row['training MFU']:.1%} |")
     return "\n".join(lines)
 
 

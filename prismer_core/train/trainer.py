@@ -40,6 +40,7 @@ from .init_from import Parent, model_from_parent, read_parent
 from .run_dir import RunDir, RunDirError
 from .sampler import EvalSampler, StepSampler
 from .state import restore_rng, save_rng
+from .utilisation import counted_flops, mfu
 
 LABEL_ENCODER_FILE = "label_encoder.safetensors"
 
@@ -57,6 +58,10 @@ class TrainResult:
     interrupted: bool = False
     skipped_rows: list[str] = field(default_factory=list)
     images_per_second: float = 0.0
+    #: FLOPs of one training image (forward and backward, counted on the first step), and the
+    #: model FLOPs utilisation of the whole run against the devices' peak (None: peak unknown)
+    flops_per_image: float | None = None
+    mfu: float | None = None
     last_loss: float | None = None
     val_loss: dict[str, float] = field(default_factory=dict)
     is_main: bool = True  # False in the other processes of a distributed run
@@ -188,8 +193,10 @@ class _Loop:
             restore_rng(resume_from)
         window_start, window_images = time.perf_counter(), 0
         started, images_total = time.perf_counter(), 0
-        with make_progress(self.console, show_progress, "loss {task.fields[loss]}", "{task.fields[speed]} img/s") as progress:
-            task = progress.add_task("training", total=config.max_steps, completed=self.step, loss="-", speed="-")
+        flops_per_image: float | None = None
+        with make_progress(self.console, show_progress, "loss {task.fields[loss]}", "{task.fields[speed]} img/s",
+                           "MFU {task.fields[mfu]}") as progress:
+            task = progress.add_task("training", total=config.max_steps, completed=self.step, loss="-", speed="-", mfu="-")
             while self.step < config.max_steps:
                 batch = next(batches)
                 problem = self._problems(batch)
@@ -203,7 +210,11 @@ class _Loop:
                     break
                 assert isinstance(batch, Batch)
                 lr = self.engine.lr  # the rate this step uses
-                loss = self.engine.step(batch)
+                if flops_per_image is None:  # the first step is counted, for the utilisation
+                    loss, flops = counted_flops(lambda: self.engine.step(batch))
+                    flops_per_image = flops / batch.size
+                else:
+                    loss = self.engine.step(batch)
                 self.step += 1
                 window_images += batch.size * ctx.world_size
                 images_total += batch.size * ctx.world_size
@@ -213,9 +224,12 @@ class _Loop:
                     elapsed = time.perf_counter() - window_start
                     speed = window_images / elapsed if elapsed > 0 else 0.0
                     epoch = self.step * config.batch_size * ctx.world_size / self.num_samples
+                    utilisation = mfu(speed, flops_per_image, str(ctx.device), ctx.world_size)
                     self._log({"step": self.step, "loss": round(mean_loss, 5), "lr": lr,
-                               "images_per_s": round(speed, 2), "epoch": round(epoch, 3)})
-                    progress.update(task, loss=f"{mean_loss:.3f}", speed=f"{speed:.1f}")
+                               "images_per_s": round(speed, 2), "epoch": round(epoch, 3),
+                               "mfu": round(utilisation, 4) if utilisation is not None else None})
+                    progress.update(task, loss=f"{mean_loss:.3f}", speed=f"{speed:.1f}",
+                                    mfu=f"{utilisation:.1%}" if utilisation is not None else "-")
                     window_start, window_images = time.perf_counter(), 0
                 progress.update(task, completed=self.step)
                 if evaluator and config.eval_every and self.step % config.eval_every == 0 and self.step < config.max_steps:
@@ -228,6 +242,8 @@ class _Loop:
             self._save()
         seconds = time.perf_counter() - started
         self.result.images_per_second = images_total / seconds if seconds > 0 else 0.0
+        self.result.flops_per_image = flops_per_image
+        self.result.mfu = mfu(self.result.images_per_second, flops_per_image or 0, str(ctx.device), ctx.world_size)
         self.result.step = self.step
         self.result.skipped_rows = self.skipped
 
