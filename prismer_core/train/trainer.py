@@ -57,6 +57,8 @@ class TrainResult:
     skipped_rows: list[str] = field(default_factory=list)
     images_per_second: float = 0.0
     last_loss: float | None = None
+    #: The contrastive loss of the last step (None: trained without the contrastive pass).
+    last_contrastive_loss: float | None = None
     val_loss: dict[str, float] = field(default_factory=dict)
     is_main: bool = True  # False in the other processes of a distributed run
 
@@ -106,6 +108,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
 
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
+    contrastive = config.contrastive_weight_for(load_spec(config.spec, config.spec_overrides or None)) > 0
     live = config.labels is None
     specs = get_registry().require(config.experts, live=live, settings=config.expert_settings)
     labels = _label_source(config, specs)
@@ -141,8 +144,8 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     model = engine.model
     sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
                                    model.image_mean, model.image_std, specs, encoder)
-    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt)
-    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length)
+    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt, describe=contrastive)
+    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length, contrastive=contrastive)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
                           start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
@@ -198,11 +201,14 @@ class _Loop:
                 images_total += batch.size * ctx.world_size
                 (mean_loss,) = ctx.sum(loss / ctx.world_size)
                 self.result.last_loss = mean_loss
+                contrastive = self.engine.last_contrastive  # the same global value on every process
+                self.result.last_contrastive_loss = contrastive
                 if self.step % config.log_every == 0 or self.step == config.max_steps:
                     elapsed = time.perf_counter() - window_start
                     speed = window_images / elapsed if elapsed > 0 else 0.0
                     epoch = self.step * config.batch_size * ctx.world_size / self.num_samples
                     self._log({"step": self.step, "loss": round(mean_loss, 5), "lr": lr,
+                               **({"contrastive_loss": round(contrastive, 5)} if contrastive is not None else {}),
                                "images_per_s": round(speed, 2), "epoch": round(epoch, 3)})
                     progress.update(task, loss=f"{mean_loss:.3f}", speed=f"{speed:.1f}")
                     window_start, window_images = time.perf_counter(), 0
