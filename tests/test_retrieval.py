@@ -169,3 +169,28 @@ def test_chance_and_nearest_by_hand():
     assert indices[:, 0].tolist() == [2, 0] and scores[:, 0].tolist() == [1.0, 1.0]
     store = ImageEmbeddingStore("/nonexistent", "x" * 64)
     assert len(store) == 0 and store.get(["ab"]) == {}
+
+
+def test_the_demo_table_gains_a_retrieval_row_against_chance(retrieval_model, tmp_path):
+    from rich.console import Console
+
+    from prismer_core.demo import evaluate_demo
+
+    console = Console(record=True, width=400)
+    table = evaluate_demo({"rgb": retrieval_model.run}, retrieval_model.test, tmp_path / "eval", console=console,
+                          show_progress=False)
+    printed = console.export_text()
+    section = printed.split("retrieval on the test split")[1].split("reports in")[0]
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in section.splitlines()
+            if line.count("│") > 2 and not line.split("│")[1].strip() in ("run", "")}
+    assert set(rows) == {"rgb", "chance"}
+    report = json.loads((tmp_path / "eval" / "rgb-retrieval.json").read_text())
+    assert [float(c) for c in rows["rgb"][:4]] == [round(report["metrics"][k], 4) for k in
+                                                   ("text→image recall@1", "text→image recall@5", "image→text recall@1", "image→text recall@5")]
+    images = len({p["image"] for p in report["predictions"]})
+    assert float(rows["chance"][0]) == round(1 / images, 4)
+    worded = [p for p in report["predictions"] if p["direction"] == "text→image" and " with the word " in p["caption"]]
+    if worded:  # the captions that name a printed word, scored apart
+        assert table["rgb"]["retrieval text→image recall@1 (word)"] == sum(p["rank"] == 1 for p in worded) / len(worded)
+    assert table["rgb"]["retrieval text→image recall@5"] == report["metrics"]["text→image recall@5"]
+    assert sum("--task retrieval" in line for line in printed.splitlines()) == 1

@@ -3,9 +3,11 @@
 1. generate the demo scenes (:mod:`prismer_core.demo.scenes`) under ``OUT/data``;
 2. label every split with the ``edge`` and ``ocr`` experts into the label store ``OUT/labels``;
 3. train the tiny spec twice on the same data and schedule: with ``edge,ocr``, and as
-   PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``;
+   PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``; both train MaMMUT's
+   two passes (the generative one and the contrastive one) unless ``contrastive`` is off;
 4. print what training measured (final losses, throughput) and where plots and checkpoints are;
-5. evaluate both on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores.
+5. evaluate both on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores, and
+   retrieval recall (text → image, image → text) against chance.
 
 Every stage resumes: the data is deterministic, the label store skips finished images, and a
 run folder that exists is resumed (a finished one is left as it is).
@@ -60,6 +62,9 @@ class DemoSettings:
     #: latents, nearly the same for every image early on, diluted them: on the validation split
     #: edge+ocr answered 0.32 against PrismerZ's 0.35 (320 scenes, 1000 steps, same seed); one-way, 0.35 both.
     rgb_attends_latents: bool = False
+    #: Train the contrastive pass beside the generative one (MaMMUT), with weight 1, so the
+    #: checkpoints also retrieve; docs/benchmarks.md compares the runs without it.
+    contrastive: bool = True
 
     def train_config(self, out: Path, data: Path, labels: Path, experts: tuple[str, ...]) -> TrainConfig:
         return TrainConfig(
@@ -68,6 +73,7 @@ class DemoSettings:
             spec_overrides={
                 "image_size": self.image_size, "frozen": list(self.frozen),
                 "resampler.latents": self.latents, "resampler.rgb_attends_latents": self.rgb_attends_latents,
+                "contrastive.enabled": self.contrastive,
             },
             tasks=["caption", "vqa"], labels=str(labels) if experts else None,
             max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
@@ -120,7 +126,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
         report.seconds[f"train {name}"] = time.perf_counter() - start
 
     console.rule("4/5 training results")
-    console.print("validation loss is the cross-entropy per caption/answer token:")
+    console.print("train and validation loss are the cross-entropy per caption/answer token; the contrastive "
+                  "loss is the last step's InfoNCE over the batch's image-caption pairs:")
     console.print(results_table(report))
     for name, result in report.runs.items():
         console.print(f"{name}: checkpoint {result.checkpoint}; loss curves {result.plot}")
@@ -135,13 +142,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
 def results_table(report: DemoReport) -> Table:
     """What training measured: final training and validation losses, throughput."""
     table = Table()
-    for column in ("run", "experts", "steps", "train loss", "val loss caption", "val loss vqa", "images/s"):
+    for column in ("run", "experts", "steps", "train loss", "contrastive loss", "val loss caption", "val loss vqa", "images/s"):
         table.add_column(column)
     for name, result in report.runs.items():
         experts = ",".join(e for n, experts in RUNS if n == name for e in experts) or "-"
         val = result.val_loss
         table.add_row(
-            name, experts, str(result.step), _number(result.last_loss),
+            name, experts, str(result.step), _number(result.last_loss), _number(result.last_contrastive_loss),
             _number(val.get("caption")), _number(val.get("vqa")), f"{result.images_per_second:.1f}",
         )
     return table
