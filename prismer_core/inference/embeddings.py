@@ -112,9 +112,9 @@ def nearest(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 4
     """The ``k`` gallery rows most similar to each query (unit vectors: by dot product), best
     first: (scores [Q, k], indices [Q, k]).
 
-    An exact matrix product, in chunks of queries (no index library: for the sets this serves,
-    one query against a folder or an evaluation split, an exact product is what an index
-    would compute too; see docs/benchmarks.md, "Retrieval search", for when one would pay).
+    An exact matrix product, in chunks of queries. No index library (faiss) is used: for the
+    sets this serves, one query against a folder or an evaluation split, an exact index would
+    compute the same product; where an approximate index starts to pay has not been measured.
     """
     if gallery.ndim != 2 or queries.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise PrismerError(f"cannot compare queries {tuple(queries.shape)} with a gallery {tuple(gallery.shape)}")
