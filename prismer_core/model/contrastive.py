@@ -58,7 +58,8 @@ class ContrastiveHeads(nn.Module):
         self.image_proj = nn.Linear(vision_width, spec.dim, bias=False)
         self.text_pool = AttentionPool(text_width, text_heads) if spec.text_pool == "attention" else None
         self.text_proj = nn.Linear(text_width, spec.dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / spec.temperature)))
+        # shape [1], not a scalar: DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / spec.temperature)))
 
     def embed_images(self, vision_tokens: torch.Tensor) -> torch.Tensor:
         """Vision tokens [B, N, W] -> unit vectors [B, dim]."""
@@ -75,7 +76,7 @@ class ContrastiveHeads(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()[0]
 
 
 def contrastive_loss(
