@@ -105,11 +105,12 @@ def vqa(
 def evaluate(
     checkpoint: Path = CHECKPOINT,
     data: Path = typer.Option(..., "--data", "-d", help="Test manifest: JSONL (caption / question+answer(s) / image+label rows), COCO captions / VQAv2 questions / BLIP-style .json, or .tar shards."),
-    task: str = typer.Option(..., "--task", help="caption (CIDEr, BLEU), vqa (VQA accuracy) or classify (top-1 accuracy)."),
+    task: str = typer.Option(..., "--task", help="caption (CIDEr, BLEU), vqa (VQA accuracy), classify (top-1 accuracy) or retrieval (recall@1/5/10 both ways, by the contrastive pass)."),
     answers: Path = typer.Option(None, "--answers", help="vqa: rank these candidate answers (one per line, or a JSON list) instead of generating."),
     prefilter_k: int = typer.Option(None, "--prefilter-k", min=1, help="vqa with --answers: score in full only the K candidates whose first token is most likely."),
     classes: Path = typer.Option(None, "--classes", help="classify: the class names (one per line, or a JSON list) \\[default: the labels in --data]."),
     template: str = typer.Option("A photo of a {}.", "--template", help="classify: the sentence ranked for each class."),
+    by: str = typer.Option("likelihood", "--by", help="classify: rank the class sentences by likelihood as a caption, or by embedding similarity (zero-shot; needs the contrastive pass)."),
     report: Path = typer.Option(None, "--report", "-o", help="Where to write the JSON report \\[default: eval-TASK.json here]."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N images (caption, classify) or questions (vqa)."),
     image_root: Path = IMAGE_ROOT,
@@ -124,7 +125,7 @@ def evaluate(
 ) -> None:
     """Score a checkpoint on a test manifest; write every prediction and the metrics to a JSON report.
 
-    Captions: CIDEr and BLEU-1..4 (pycocoevalcap, no Java). VQA: accuracy with the standard answer normalisation and min(#matches/3, 1) over several reference answers. Rows with a "type" (e.g. colour, count) are also scored per type. Classify: top-1 accuracy by ranking the template sentence of each class.
+    Captions: CIDEr and BLEU-1..4 (pycocoevalcap, no Java). VQA: accuracy with the standard answer normalisation and min(#matches/3, 1) over several reference answers. Rows with a "type" (e.g. colour, count) are also scored per type. Classify: top-1 accuracy by ranking the template sentence of each class. Retrieval: each caption row searches the manifest's distinct images, each image all its captions; recall@K is the share whose right answer ranks K-th or better.
     """
     from prismer_core.inference import evaluate as run_evaluation
     from prismer_core.inference import read_candidates, report_table
@@ -133,7 +134,7 @@ def evaluate(
     class_names = read_candidates(classes, "classes") if classes is not None else None
     predictor = _predictor(checkpoint, labels, device, assignments, precision, missing_experts)
     result = run_evaluation(
-        predictor, data, task, answers=candidates, classes=class_names, template=template, prefilter_k=prefilter_k,
+        predictor, data, task, answers=candidates, classes=class_names, template=template, classify_by=by, prefilter_k=prefilter_k,
         num_beams=beams, batch_size=batch_size, limit=limit, image_root=image_root, console=Console(stderr=True),
     )
     path = result.write(report or Path(f"eval-{task}.json"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .app import new_app
 from . import embedders, experts, label
 from . import model
-from . import infer
+from . import infer, retrieve
 from . import data, train
 from . import demo
 from . import serve
@@ -24,6 +24,7 @@ app.command("demo")(demo.demo)
 app.command("caption")(infer.caption)
 app.command("vqa")(infer.vqa)
 app.command("eval")(infer.evaluate)
+app.command("retrieve")(retrieve.retrieve)
 app.command("serve")(serve.serve)
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def train(
     group_by_task: bool = setting(C, "group_by_task", "--group-by-task"),
     max_text_length: int = setting(C, "max_text_length", "--max-text-length"),
     caption_prompt: str = setting(C, "caption_prompt", "--caption-prompt"),
+    contrastive_weight: float = setting(C, "contrastive_weight", "--contrastive-weight"),
     log_every: int = setting(C, "log_every", "--log-every"),
     eval_every: int = setting(C, "eval_every", "--eval-every"),
     eval_samples: int = setting(C, "eval_samples", "--eval-samples"),
@@ -83,7 +84,8 @@ def train(
         lr_scales=parse_key_values(lr_scale, "--lr-scale", "vision.backbone=0.1"), weight_decay=weight_decay, warmup_steps=warmup_steps,
         grad_clip=grad_clip, precision=precision, engine=engine, device=device, workers=workers, threads=threads,
         seed=seed, on_bad_row=on_bad_row, crop_scale=crop_scale, hflip=hflip, group_by_task=group_by_task,
-        max_text_length=max_text_length, caption_prompt=caption_prompt, log_every=log_every, eval_every=eval_every,
+        max_text_length=max_text_length, caption_prompt=caption_prompt, contrastive_weight=contrastive_weight,
+        log_every=log_every, eval_every=eval_every,
         eval_samples=eval_samples, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
     )
     result = run_training(config, resume=resume)

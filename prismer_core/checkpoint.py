@@ -201,6 +201,12 @@ def load_weights(model: torch.nn.Module, info: CheckpointInfo, expected: Set[str
         raise CheckpointError(f"checkpoint {info.directory}: weights do not fit the model: {exc}") from None
 
 
+def weights_sha256(directory: str | Path) -> str:
+    """The SHA-256 of a checkpoint's weights file, as recorded when it was written (what
+    caches of a checkpoint's results are keyed by: two checkpoints of equal weights share it)."""
+    return str(_read_info(Path(directory))["weights"]["sha256"])
+
+
 def check_same_experts(checkpoint: CheckpointInfo, experts: Mapping[str, ExpertSpec]) -> None:
     """Refuse an expert set other than the recorded one (names, versions, kinds, shapes)."""
     recorded = {name: e.record() for name, e in checkpoint.experts.items()}

@@ -41,6 +41,7 @@ PART_NAMES = (
     "decoder.mapper",
     "decoder.lora",
     "decoder.lm",
+    "contrastive",
 )
 Part = Literal[PART_NAMES]  # type: ignore[valid-type]
 
@@ -210,6 +211,23 @@ AnyDecoderSpec = Annotated[
 ]
 
 
+class ContrastiveSpec(_Strict):
+    """MaMMUT's contrastive pass (Kuo et al., TMLR 2023): the decoder also runs over text alone,
+    bidirectionally and without cross-attention, and its pooled output is aligned with a pooled
+    image embedding by a contrastive loss, so one checkpoint captions, answers and retrieves.
+    Off by default: a spec without it builds exactly the paper's model (same weights, same
+    checkpoint keys)."""
+
+    enabled: bool = False
+    #: Width of the shared image/text embedding space.
+    dim: int = Field(256, ge=1)
+    #: How the text pass becomes one vector: ``end`` (the end token's state, which sees the
+    #: whole text in a bidirectional pass) or ``attention`` (a learned query attends over the tokens).
+    text_pool: Literal["end", "attention"] = "end"
+    #: Initial temperature of the softmax over similarities (learned; CLIP's 0.07).
+    temperature: float = Field(0.07, gt=0, le=1)
+
+
 class ModelSpec(_Strict):
     """Everything needed to build a Prismer model, except the expert set (chosen per run)."""
 
@@ -227,6 +245,8 @@ class ModelSpec(_Strict):
     semantic_channels: int = Field(64, ge=1)
     #: Slots of the trainable instance embedding of experts with instance maps.
     instance_slots: int = Field(128, ge=1)
+    #: The contrastive pass for retrieval and zero-shot classification (off: the paper's model).
+    contrastive: ContrastiveSpec = ContrastiveSpec()
     #: Parts whose parameters stay frozen (see PART_NAMES); the rest is trained.
     frozen: tuple[Part, ...] = ()  # type: ignore[valid-type]
 

@@ -6,7 +6,9 @@ the prompt training teaches is the prompt inference sends, token for token
 (tests/test_text.py checks it). The network itself only sees ids.
 
 The cross-attention decoder (BERT and RoBERTa vocabularies) reads ``[BOS] prompt target
-[EOS]`` and learns ``target [EOS]``. A decoder of another kind (a decoder-only LM with a chat
+[EOS]`` and learns ``target [EOS]``. Its contrastive pass (MaMMUT) reads a description alone,
+``[BOS] text [EOS]`` (:meth:`TextCodec.text_batch`, :meth:`TextCodec.paired_batch`), in
+training and when texts are embedded for retrieval alike. A decoder of another kind (a decoder-only LM with a chat
 template) brings its own codec: a subclass that overrides :meth:`TextCodec.prompt_text`
 (the template around a prompt), :meth:`TextCodec.prompt_tokens` (whether a begin token
 comes first) and the special ids, registered in :data:`CODECS` under its decoder kind.
@@ -17,6 +19,7 @@ models that have one (the prompt is the user's turn, the target the assistant's)
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,6 +70,33 @@ class TrainingText:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PairedText:
+    """The contrastive pass's texts of a training batch: one per batch row that has a
+    description of its image (a caption), ``[BEGIN] text [END]`` right-padded.
+
+    ``rows`` [N]: the batch row each text describes; ``text_keys`` [N]: equal for equal
+    strings; ``image_keys`` [B], one per batch row (not only the described ones): equal for
+    rows showing the same image. Rows that share an image or a text are not negatives of each
+    other (:mod:`prismer_core.model.contrastive`).
+    """
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+    rows: torch.Tensor
+    text_keys: torch.Tensor
+    image_keys: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "PairedText":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return PairedText(move(self.ids), move(self.valid), move(self.rows), move(self.text_keys), move(self.image_keys))
+
+
+def stable_key(text: str) -> int:
+    """A non-negative 63-bit number for a string, the same in every process and every run."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class TextCodec:
@@ -147,6 +177,34 @@ class TextCodec:
             raise PrismerError("candidates are scored after prompts that are all empty or all given, not a mix")
         prompt = "x" if spaced == {True} else ""
         return self._rows([self.continuation_tokens(prompt, c) for c in candidates], device, left=False)
+
+    def text_batch(self, texts: Sequence[str], max_length: int = 64, device: torch.device | str = "cpu") -> TokenRows:
+        """Texts as the contrastive pass reads them, ``[BEGIN] text [END]``, right-padded; a
+        text cut at ``max_length`` keeps its end token (the end token's state is its embedding)."""
+        if max_length < 2:
+            raise PrismerError(f"max length must leave room for the begin and end tokens, got {max_length}")
+        rows = [[self.begin_id, *self.tokens(t)[: max_length - 2], self.end_id] for t in texts]
+        return self._rows(rows, device, left=False)
+
+    def paired_batch(self, texts: Sequence[str | None], image_keys: Sequence[int], max_length: int = 64) -> PairedText:
+        """The contrastive texts of a batch whose row ``i`` shows image ``image_keys[i]`` and is
+        described by ``texts[i]`` (None: by nothing). A batch may have no text at all (then
+        ``ids`` is [0, 1]): under torch.distributed its images still meet the other processes'
+        texts, so every process runs the contrastive pass on every step."""
+        import torch
+
+        if len(texts) != len(image_keys):
+            raise PrismerError(f"got {len(texts)} texts for {len(image_keys)} batch rows")
+        described = [row for row, text in enumerate(texts) if text is not None]
+        if described:
+            tokens = self.text_batch([texts[row] for row in described], max_length)
+        else:
+            tokens = TokenRows(torch.zeros((0, 1), dtype=torch.long), torch.zeros((0, 1), dtype=torch.bool))
+        return PairedText(
+            tokens.ids, tokens.valid, torch.tensor(described, dtype=torch.long),
+            torch.tensor([stable_key(texts[row]) for row in described], dtype=torch.long),
+            torch.tensor(list(image_keys), dtype=torch.long),
+        )
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Generated ids (end token excluded) as text."""

@@ -52,8 +52,11 @@ def demo_tokenizer(folder: Path, manifest: Path) -> Path:
     return folder
 
 
-def trained_demo(base: Path, steps: int = 40) -> TrainedDemo:
-    """Generate the demo data under ``base`` and train on it (once per session and ``base``)."""
+def trained_demo(base: Path, steps: int = 40, experts: list[str] | None = None, contrastive: bool = False,
+                 batch_size: int = 8, lr: float = 3e-3) -> TrainedDemo:
+    """Generate the demo data under ``base`` and train on it (once per session and ``base``):
+    with the edge expert run on the fly unless ``experts`` says otherwise, and with MaMMUT's
+    contrastive pass beside the generative one when ``contrastive``."""
     if base in _TRAINED:
         return _TRAINED[base]
     from prismer_core.train import TrainConfig, train
@@ -65,10 +68,12 @@ def trained_demo(base: Path, steps: int = 40) -> TrainedDemo:
         "image_size": 32, "decoder.layers": 2, "decoder.tokenizer": str(tokenizer),
         "decoder.vocab_size": _vocab_size(tokenizer),
         "decoder.max_positions": 64, "resampler.layers": 1, "resampler.latents": 8,
+        **({"contrastive.enabled": True, "contrastive.dim": 64} if contrastive else {}),
     }
     config = TrainConfig(
-        data=[str(demo / "train.jsonl")], out=str(base / "run"), experts=EXPERTS, tasks=["caption", "vqa"],
-        spec_overrides=overrides, max_steps=steps, batch_size=8, lr=3e-3, warmup_steps=2, workers=0,
+        data=[str(demo / "train.jsonl")], out=str(base / "run"), experts=EXPERTS if experts is None else experts,
+        tasks=["caption", "vqa"],
+        spec_overrides=overrides, max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=2, workers=0,
         crop_scale=1.0, caption_prompt=CAPTION_PROMPT, log_every=steps, threads=1,
     )
     result = train(config, show_progress=False)

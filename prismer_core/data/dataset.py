@@ -8,6 +8,12 @@ probability (drawn from the sample's seed, so a resumed run drops what the unint
 would have): the sample is marked as lacking it (``ModelInputs.present``), which the model
 masks, so the model learns to answer with whichever experts a user has.
 
+With ``describe`` (training with MaMMUT's contrastive pass) every sample also carries a
+description of its image for the contrastive texts: a caption row its own caption, a question
+row one of its image's captions in the data (drawn by the sample's seed; none when the image
+has no caption row), and a number naming the image's content, so that rows of one image in a
+batch are not taken for negatives of each other.
+
 A sample that cannot be read becomes a :class:`DataProblem` instead of an exception, so a
 bad image deep in a loader worker reaches the training loop as a message naming its
 ``file:line``; the loop then stops or skips by the ``--on-bad-row`` policy.
@@ -23,7 +29,7 @@ import torch
 
 from ..errors import PrismerError
 from ..inputs import ModelInputs
-from ..text import TextCodec, task_prompt
+from ..text import PairedText, TextCodec, stable_key, task_prompt
 from .encoding import SampleEncoder
 from .images import BadImageError
 from .labels import LabelSource
@@ -56,6 +62,9 @@ class EncodedSample:
     target: str
     task: str
     where: str
+    #: With ``describe``: a caption of the image (None: the data has none), and the image's key.
+    description: str | None = None
+    image_key: int = 0
 
 
 class TrainingData(torch.utils.data.Dataset):
@@ -69,6 +78,7 @@ class TrainingData(torch.utils.data.Dataset):
         labels: LabelSource | None = None,
         caption_prompt: str = "",
         expert_dropout: float = 0.0,
+        describe: bool = False,
     ) -> None:
         if not 0.0 <= expert_dropout < 1.0:
             raise PrismerError(f"expert dropout must lie in [0, 1), got {expert_dropout}")
@@ -77,8 +87,14 @@ class TrainingData(torch.utils.data.Dataset):
         self.labels = labels
         self.caption_prompt = caption_prompt
         self.expert_dropout = expert_dropout
+        self.describe = describe
         if encoder.experts and labels is None:
             raise PrismerError("experts were given but no source of their maps (label store or live experts)")
+        #: The captions of each image in the data (by where its bytes are), for ``describe``.
+        self.captions: dict[str, list[str]] = {}
+        for sample in self.samples if describe else ():
+            if sample.task == "caption":
+                self.captions.setdefault(sample.image.source, []).append(sample.caption)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,9 +113,21 @@ class TrainingData(torch.utils.data.Dataset):
         if self.expert_dropout:
             inputs = inputs.without(self.dropped_experts(seed))
         prompt, target = self.text(sample, seed)
+        description = self.description(sample, seed) if self.describe else None
         if flipped:
             prompt, target = swap_left_right(prompt), swap_left_right(target)
-        return EncodedSample(inputs, prompt, target, sample.task, sample.where)
+            description = swap_left_right(description) if description is not None else None
+        image_key = int(image.key[:15], 16) if image.key else stable_key(image.where)
+        return EncodedSample(inputs, prompt, target, sample.task, sample.where, description, image_key)
+
+    def description(self, sample: Sample, seed: int) -> str | None:
+        """The text the contrastive pass pairs with this sample's image (module docstring)."""
+        if sample.task == "caption":
+            return sample.caption
+        captions = self.captions.get(sample.image.source)
+        if not captions:
+            return None
+        return captions[int(np.random.default_rng([seed, 1]).integers(len(captions)))]
 
     def dropped_experts(self, seed: int) -> dict[str, torch.Tensor]:
         """Per expert, whether the sample of ``seed`` goes without its map ([1] bool); each
@@ -126,6 +154,8 @@ class Batch:
     labels: torch.Tensor
     tasks: list[str]
     problems: list[DataProblem]
+    #: The contrastive pass's texts (training with it; possibly none in this batch).
+    pairs: PairedText | None = None
 
     @property
     def size(self) -> int:
@@ -135,15 +165,16 @@ class Batch:
         """Move to ``device``; float maps are cast to ``dtype`` when given (DeepSpeed bf16)."""
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Batch(self.inputs.to(device, dtype), move(self.input_ids), move(self.attention_mask), move(self.labels),
-                     self.tasks, self.problems)
+                     self.tasks, self.problems, self.pairs.to(device) if self.pairs is not None else None)
 
 
 class Collator:
     """Concatenates the samples' inputs and tokenises ``[BEGIN] prompt target [END]`` (the
-    prompt masked from the loss) with the model's text codec."""
+    prompt masked from the loss) with the model's text codec; with ``contrastive``, the
+    samples' descriptions too, as the contrastive pass's texts."""
 
-    def __init__(self, codec: TextCodec, max_length: int = 64) -> None:
-        self.codec, self.max_length = codec, max_length
+    def __init__(self, codec: TextCodec, max_length: int = 64, contrastive: bool = False) -> None:
+        self.codec, self.max_length, self.contrastive = codec, max_length, contrastive
 
     def __call__(self, items: Sequence[EncodedSample | DataProblem]) -> Batch | list[DataProblem]:
         problems = [item for item in items if isinstance(item, DataProblem)]
@@ -152,4 +183,7 @@ class Collator:
             return problems
         text = self.codec.training_batch([g.prompt for g in good], [g.target for g in good], self.max_length)
         inputs = ModelInputs.concat([g.inputs for g in good])
-        return Batch(inputs, text.input_ids, text.attention_mask, text.labels, [g.task for g in good], problems)
+        pairs = None
+        if self.contrastive:
+            pairs = self.codec.paired_batch([g.description for g in good], [g.image_key for g in good], self.max_length)
+        return Batch(inputs, text.input_ids, text.attention_mask, text.labels, [g.task for g in good], problems, pairs)

@@ -58,6 +58,11 @@ class ImageRef(ABC):
     def load(self) -> LoadedImage:
         """The pixels and content key, or :class:`BadImageError` naming the image."""
 
+    def content_key(self) -> str | None:
+        """The content key alone (files are read and hashed, not decoded): what caches of
+        per-image results look up before doing any work."""
+        return self.load().key
+
     @property
     def label(self) -> str:
         return self.where or self.name
@@ -79,16 +84,22 @@ class ImageFile(ImageRef):
         return str(self.path)
 
     def load(self) -> LoadedImage:
+        label, data = self._bytes()
+        return LoadedImage(decode_rgb(data, label), content_key(data), label)
+
+    def content_key(self) -> str | None:
+        return content_key(self._bytes()[1])
+
+    def _bytes(self) -> tuple[str, bytes]:
         label = self.where or str(self.path)
         if self.where and str(self.path) not in self.where:
             label = f"{self.where} ({self.path})"
         try:
-            data = self.path.read_bytes()
+            return label, self.path.read_bytes()
         except FileNotFoundError:
             raise BadImageError(f"image not found: {label}") from None
         except OSError as exc:
             raise BadImageError(f"cannot read image {label}: {exc.strerror or exc}") from None
-        return LoadedImage(decode_rgb(data, label), content_key(data), label)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,13 @@ class TarMember(ImageRef):
         return f"{self.shard}@{self.offset}"
 
     def load(self) -> LoadedImage:
+        data = self._bytes()
+        return LoadedImage(decode_rgb(data, self.label), content_key(data), self.label)
+
+    def content_key(self) -> str | None:
+        return content_key(self._bytes())
+
+    def _bytes(self) -> bytes:
         try:
             with open(self.shard, "rb") as handle:
                 handle.seek(self.offset)
@@ -114,7 +132,7 @@ class TarMember(ImageRef):
             raise BadImageError(f"cannot read image {self.label}: {exc.strerror or exc}") from None
         if len(data) != self.size:
             raise BadImageError(f"cannot read image {self.label}: the shard is truncated")
-        return LoadedImage(decode_rgb(data, self.label), content_key(data), self.label)
+        return data
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +145,9 @@ class ImagePixels(ImageRef):
 
     def load(self) -> LoadedImage:
         return LoadedImage(self.pixels, None, self.label)
+
+    def content_key(self) -> str | None:
+        return None
 
 
 def decode_rgb(data: bytes, where: str) -> np.ndarray:

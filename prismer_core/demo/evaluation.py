@@ -10,7 +10,10 @@ Every number of the table it prints comes from a report written by the same
 :func:`~prismer_core.inference.evaluation.evaluate` that ``prismer eval`` runs, and the
 commands that reproduce each report are printed beneath it. When the questions have a
 ``type`` (the demo's do: count, colour, shape, position, word), a second table gives the VQA
-accuracy per type, which shows where the experts help and where they do not.
+accuracy per type, which shows where the experts help and where they do not. Runs trained with
+the contrastive pass are also scored on retrieval (recall@1/5 text → image and image → text,
+against chance), and on the text → image recall of the captions that name a printed word,
+where only what the OCR expert reads tells the scenes apart.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..inference.evaluation import HEADLINE, accuracy_by_type, evaluate, metrics_table
+from ..inference.evaluation import HEADLINE, EvalReport, accuracy_by_type, evaluate, metrics_table
 from ..inference.predictor import Predictor
+from ..inference.retrieval import TEXT_TO_IMAGE, chance_recall, recall_metrics, recall_name
+from .scenes import WORD_PHRASE
 
 DEMO_TASKS = ("vqa", "caption")
+#: The retrieval table's columns: the headline recalls, then those of the captions naming a word.
+WORD_RECALLS = tuple(f"{recall_name(TEXT_TO_IMAGE, k)} (word)" for k in (1, 5))
+RETRIEVAL_COLUMNS = (*HEADLINE["retrieval"], *WORD_RECALLS)
 
 
 def evaluate_demo(
@@ -49,17 +57,25 @@ def evaluate_demo(
     out = Path(out)
     table: dict[str, dict[str, float]] = {}
     predictions: dict[str, dict[str, list[dict]]] = {}
+    retrieval: dict[str, dict[str, float]] = {}
     commands = []
     for name, run in runs.items():
         predictor = Predictor.from_checkpoint(run, labels=labels)
         row: dict[str, float] = {}
-        for task in DEMO_TASKS:
+        tasks = (*DEMO_TASKS, "retrieval") if predictor.model.spec.contrastive.enabled else DEMO_TASKS
+        for task in tasks:
             report_path = out / f"{_slug(name)}-{task}.json"
             report = evaluate(predictor, test_data, task, console=console, show_progress=show_progress)
             report.write(report_path)
             predictions.setdefault(name, {})[task] = report.predictions
+            if task == "retrieval":
+                retrieval[name] = {**report.metrics, **word_recalls(report)}
+                retrieval.setdefault("chance", chance_row(report))
             # VQA keeps every metric (the accuracy per type too); captions their headline ones
-            row.update(report.metrics if task == "vqa" else {m: report.metrics[m] for m in HEADLINE[task]})
+            elif task == "vqa":
+                row.update(report.metrics)
+            else:
+                row.update({m: report.metrics[m] for m in HEADLINE[task]})
             flags = ["--labels", str(labels)] if labels else []
             commands.append(shlex.join(["prismer", "eval", "--checkpoint", str(run), "--data", str(test_data),
                                         "--task", task, *flags, "--report", str(report_path)]))
@@ -72,6 +88,13 @@ def evaluate_demo(
     if kinds:
         console.print("VQA accuracy by question type:")
         console.print(metrics_table(by_type, kinds))
+    if retrieval:
+        console.print("retrieval on the test split by the contrastive pass (recall@K: the right image or caption "
+                      f"among the K most similar; (word): the captions that name a printed word):")
+        console.print(metrics_table(retrieval, RETRIEVAL_COLUMNS))
+        for name, values in retrieval.items():
+            if name != "chance":
+                table[name].update({f"retrieval {metric}": value for metric, value in values.items()})
     print_samples(predictions, console)
     console.print(f"reports in {out}; each row again from the command line:")
     for command in commands:
@@ -93,6 +116,20 @@ def print_samples(predictions: Mapping[str, Mapping[str, list[dict]]], console: 
             if answer is not None:
                 console.print(f"  {run}: {answer['question']} -> {answer['prediction']!r} (expected {answer['answers'][0]!r})",
                               markup=False, highlight=False, soft_wrap=True)
+
+
+def word_recalls(report: EvalReport) -> dict[str, float]:
+    """Text → image recall@1/5 of the captions that name a printed word (the demo's captions
+    say "... with the word cat ..."), from the report's ranks."""
+    worded = [p for p in report.predictions if p["direction"] == TEXT_TO_IMAGE and WORD_PHRASE in f" {p['caption']} "]
+    metrics = recall_metrics(worded)
+    return {f"{recall_name(TEXT_TO_IMAGE, k)} (word)": metrics[recall_name(TEXT_TO_IMAGE, k)] for k in (1, 5)} if worded else {}
+
+
+def chance_row(report: EvalReport) -> dict[str, float]:
+    """What random rankings would score on this report's queries."""
+    chance = {**chance_recall(report.predictions, 1), **chance_recall(report.predictions, 5)}
+    return {**chance, **{f"{recall_name(TEXT_TO_IMAGE, k)} (word)": chance[recall_name(TEXT_TO_IMAGE, k)] for k in (1, 5)}}
 
 
 def _slug(name: str) -> str:

@@ -4,10 +4,11 @@
 2. label every split with the ``edge`` and ``ocr`` experts into the label store ``OUT/labels``;
 3. train the tiny spec twice on the same data and schedule: with ``edge,ocr``, and as
    PrismerZ (RGB only), into ``OUT/runs/experts`` and ``OUT/runs/rgb``; with ``llm_steps``, a
-   third run on the same data: ``edge,ocr`` and the frozen SmolLM2 (spec ``smol``), ``OUT/runs/llm``;
+   further run on the same data: ``edge,ocr`` and the frozen SmolLM2 (spec ``smol``), ``OUT/runs/llm``;
 4. print what training measured (final losses, throughput) and where plots and checkpoints are;
 5. evaluate every run on the test split (:func:`evaluate_demo`): VQA accuracy, caption scores,
-   and what each wrote for two test images.
+   retrieval recall (text → image, image → text) against chance, and what each run wrote for
+   two test images.
 
 Two options turn it into a benchmark. ``noise``: a third run adds the ``noise`` control expert
 (maps of pure noise) to edge+ocr, and the summary says what it cost, the paper's robustness
@@ -92,6 +93,9 @@ class DemoSettings:
     #: Not tuned on the demo: on two demo captions, 10 steps at 1e-2 lowered the caption loss
     #: from 3.33 to 2.87 (tests/test_smollm2.py) and 3e-3 spiked once; 1e-3 is the cautious pick.
     llm_lr: float = 1e-3
+    #: Train the contrastive pass beside the generative one (MaMMUT), with weight 1, so the
+    #: checkpoints also retrieve; docs/benchmarks.md compares the runs without it.
+    contrastive: bool = True
 
     #: Benchmark options (see the module docstring): the noise-expert run, and seeds per run.
     noise: bool = False
@@ -109,6 +113,7 @@ class DemoSettings:
             spec_overrides={
                 "image_size": self.image_size, "frozen": [*self.frozen, *(["decoder.lm"] if llm else [])],
                 "resampler.latents": self.latents, "resampler.rgb_attends_latents": self.rgb_attends_latents,
+                "contrastive.enabled": self.contrastive and not llm,  # the LLM side has no text-only pass
             },
             tasks=["caption", "vqa"], labels=str(labels) if experts else None,
             max_steps=self.llm_steps if llm else self.steps, batch_size=self.batch_size,
@@ -172,7 +177,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
         report.seconds[f"train {name}"] = time.perf_counter() - start
 
     console.rule("4/5 training results")
-    console.print("validation loss is the cross-entropy per caption/answer token:")
+    console.print("train and validation loss are the cross-entropy per caption/answer token; the contrastive "
+                  "loss is the last step's InfoNCE over the batch's image-caption pairs:")
     console.print(results_table(report))
     for name, result in report.runs.items():
         console.print(f"{name}: checkpoint {result.checkpoint}; loss curves {result.plot}")
@@ -192,13 +198,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
 def results_table(report: DemoReport) -> Table:
     """What training measured: final training and validation losses, throughput."""
     table = Table()
-    for column in ("run", "experts", "steps", "train loss", "val loss caption", "val loss vqa", "images/s"):
+    for column in ("run", "experts", "steps", "train loss", "contrastive loss", "val loss caption", "val loss vqa", "images/s"):
         table.add_column(column)
     for name, result in report.runs.items():
         experts = ",".join(json.loads(result.out.joinpath("run.json").read_text())["config"]["experts"]) or "-"
         val = result.val_loss
         table.add_row(
-            name, experts, str(result.step), _number(result.last_loss),
+            name, experts, str(result.step), _number(result.last_loss), _number(result.last_contrastive_loss),
             _number(val.get("caption")), _number(val.get("vqa")), f"{result.images_per_second:.1f}",
         )
     return table

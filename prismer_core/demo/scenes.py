@@ -59,6 +59,8 @@ WORD_CHANCE = 1.0
 WORD_SHAPES = ("circle", "square")
 WORDS = ("cat", "dog", "sun", "car", "fish", "bird", "boat", "cup", "key", "hat", "pen", "box",
          "12", "42", "77", "90")
+#: How a caption names a printed word ("a red circle with the word cat on the left").
+WORD_PHRASE = " with the word "
 COLUMNS = ("left", "middle", "right")
 ROWS = ("top", "bottom")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
@@ -133,7 +135,7 @@ class Shape:
         return {"left": "on the left", "middle": "in the middle", "right": "on the right"}[COLUMNS[self.column]]
 
     def phrase(self) -> str:
-        word = f" with the word {self.word}" if self.word else ""
+        word = f"{WORD_PHRASE}{self.word}" if self.word else ""
         article = "an" if self.colour[0] in "aeiou" else "a"
         return f"{article} {self.colour} {self.kind}{word} {self.where}"
 

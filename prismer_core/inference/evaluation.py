@@ -7,8 +7,11 @@ Tasks and their metrics (from :mod:`prismer_core.metrics`):
 * ``vqa``: VQA accuracy (answer normalisation; min(#matches/3, 1) with several reference
   answers), and per kind of question when rows have a ``type``. Open-ended generation, or
   ranking over a candidate list (``answers``).
-* ``classify``: top-1 accuracy, ranking "A photo of a {class}." sentences; rows are
+* ``classify``: top-1 accuracy, ranking "A photo of a {class}." sentences by likelihood, or by
+  embedding similarity (zero-shot, ``classify_by="similarity"``); rows are
   ``{"image": ..., "label": "cat"}``, the classes the distinct labels (or a ``classes`` list).
+* ``retrieval``: recall@1/5/10 text → image and image → text over the caption rows and their
+  distinct images, by the contrastive embeddings (:mod:`prismer_core.inference.retrieval`).
 
 The report holds every prediction beside its references, and its metrics are computed from
 exactly those predictions, so anyone can check them.
@@ -33,11 +36,15 @@ from ..errors import PrismerError
 from ..metrics import caption_scores, mean_vqa_accuracy, top1_accuracy, vqa_accuracy
 from ..progress import progress_bar
 from .predictor import DEFAULT_TEMPLATE, Predictor
+from .retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, chance_recall, rank_pairs, recall_metrics, recall_name
 
 #: What `prismer eval` scores (training's tasks plus classification by ranking).
-EVAL_TASKS = ("caption", "vqa", "classify")
+EVAL_TASKS = ("caption", "vqa", "classify", "retrieval")
 #: The numbers the tables show first, per task.
-HEADLINE = {"caption": ("CIDEr", "BLEU-4"), "vqa": ("VQA accuracy",), "classify": ("top-1 accuracy",)}
+HEADLINE = {
+    "caption": ("CIDEr", "BLEU-4"), "vqa": ("VQA accuracy",), "classify": ("top-1 accuracy",),
+    "retrieval": tuple(recall_name(d, k) for d in (TEXT_TO_IMAGE, IMAGE_TO_TEXT) for k in (1, 5)),
+}
 
 
 @dataclass
@@ -56,7 +63,7 @@ class EvalReport:
 
     @property
     def summary(self) -> str:
-        unit = "questions" if self.task == "vqa" else "images"
+        unit = {"vqa": "questions", "retrieval": "queries"}.get(self.task, "images")
         without = f" without {', '.join(self.experts['dropped'])}" if self.experts.get("dropped") else ""
         return f"{self.task}: {len(self.predictions)} {unit} of {self.data}, checkpoint {self.checkpoint}{without}"
 
@@ -82,6 +89,7 @@ def evaluate(
     answers: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     template: str = DEFAULT_TEMPLATE,
+    classify_by: str = "likelihood",
     prefilter_k: int | None = None,
     num_beams: int = 3,
     max_new_tokens: int | None = None,
@@ -94,9 +102,10 @@ def evaluate(
     """Evaluate ``predictor`` on ``data`` (any format :mod:`prismer_core.data.manifest` reads)
     for ``task`` (see the module docstring).
 
-    ``answers``: candidate answers for VQA by ranking (None: open-ended). ``limit``: only the
-    first N images (caption, classify) or questions (vqa). ``image_root``: where the images
-    of ``data`` lie (default: beside it).
+    ``answers``: candidate answers for VQA by ranking (None: open-ended). ``classify_by``:
+    ``likelihood`` or ``similarity`` (see :meth:`Predictor.classify`). ``limit``: only the
+    first N images (caption, classify, retrieval) or questions (vqa). ``image_root``: where
+    the images of ``data`` lie (default: beside it).
     """
     if task not in EVAL_TASKS:
         raise PrismerError(f"--task must be one of {', '.join(EVAL_TASKS)}, got {task!r}")
@@ -108,8 +117,10 @@ def evaluate(
         predictions = _captions(run, data, limit, num_beams, max_new_tokens or 20, image_root)
     elif task == "vqa":
         predictions = _answers(run, data, limit, answers, prefilter_k, num_beams, max_new_tokens or 10, image_root)
+    elif task == "classify":
+        predictions = _classes(run, data, limit, classes, template, classify_by, image_root)
     else:
-        predictions = _classes(run, data, limit, classes, template, image_root)
+        predictions = _retrieval(run, data, limit, image_root)
     experts = {"used": predictor.experts_used, "dropped": predictor.dropped_experts}
     return EvalReport(task, str(predictor.checkpoint), str(data), metrics_of(task, predictions), predictions, settings, experts)
 
@@ -158,17 +169,28 @@ def _answers(
 
 
 def _classes(run: _Run, data: str | Path, limit: int | None, classes: Sequence[str] | None, template: str,
-             image_root: str | Path | None) -> list[dict[str, Any]]:
+             by: str, image_root: str | Path | None) -> list[dict[str, Any]]:
     samples = read_classification_rows(data, image_root)[:limit]
     labels = [s.label for s in samples]
     names = list(classes) if classes is not None else sorted(set(labels))
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise PrismerError(f"{data}: labels not among the classes: {', '.join(unknown[:5])}")
-    run.settings.update(template=template, classes=len(names))
+    run.settings.update(template=template, classes=len(names), by=by)
     with progress_bar("classifying", len(samples), **run.bar) as advance:
-        rankings = run.predictor.classify(samples, names, template, batch_size=run.batch_size, progress=advance)
+        rankings = run.predictor.classify(samples, names, template, by=by, batch_size=run.batch_size, progress=advance)
     return [{"image": s.name, "prediction": r.answer, "label": label} for s, r, label in zip(samples, rankings, labels)]
+
+
+def _retrieval(run: _Run, data: str | Path, limit: int | None, image_root: str | Path | None) -> list[dict[str, Any]]:
+    images, references = _caption_references(data, limit, image_root)
+    with progress_bar("embedding images", len(images), **run.bar) as advance:
+        predictions = rank_pairs(run.predictor, images, [s.name for s in images], references,
+                                 batch_size=run.batch_size, progress=advance)
+    texts = sum(p["direction"] == TEXT_TO_IMAGE for p in predictions)
+    run.settings.update(images=len(images), captions=texts,
+                        chance={name: round(value, 4) for k in (1, 5, 10) for name, value in chance_recall(predictions, k).items()})
+    return predictions
 
 
 def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -176,6 +198,8 @@ def metrics_of(task: str, predictions: Sequence[Mapping[str, Any]]) -> dict[str,
     if task == "caption":
         return caption_scores({p["image"]: p["prediction"] for p in predictions},
                               {p["image"]: p["references"] for p in predictions})
+    if task == "retrieval":
+        return recall_metrics(predictions)
     if task == "vqa":
         kinds = sorted({p["type"] for p in predictions if "type" in p})
         groups = {"VQA accuracy": list(predictions)}

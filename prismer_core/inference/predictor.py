@@ -7,6 +7,13 @@
     predictor.rank(["a.png"], ["what colour is the star?"], ["red", "blue"], prefilter_k=128)[0].answer
     predictor.classify(["a.png"], ["circle", "star"])[0].answer      # "A photo of a {}." ranked
 
+With the contrastive pass (a model trained with it, MaMMUT's second pass):
+
+    predictor.embed_images(["a.png"]), predictor.embed_texts(["a red circle"])   # unit vectors
+    predictor.retrieve(texts=["a red circle"], images=folder_images, k=5)[0]     # best images first
+    predictor.retrieve(texts=captions, images=["a.png"], query="images")[0]      # best texts first
+    predictor.classify(["a.png"], ["circle", "star"], by="similarity")           # zero-shot
+
 The checkpoint's experts run on the fly, or their maps are read from the label store the
 model was trained with (``labels=``). An expert that is not installed or not ready here stops
 the load (``missing_experts="refuse"``), or, with ``missing_experts="drop"``, the model runs
@@ -21,12 +28,12 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, CheckpointInfo, read_checkpoint_info, resolve_checkpoint
+from ..checkpoint import CheckpointError, CheckpointInfo, read_checkpoint_info, resolve_checkpoint, weights_sha256
 from ..data.encoding import SampleEncoder
 from ..data.images import ImageRef
 from ..data.labels import LabelSource, LiveLabels, StoredLabels
@@ -38,6 +45,7 @@ from ..registry import UnknownExpertError, get_registry
 from ..semantic import LabelEncoder
 from ..text import TextCodec, TokenRows, task_prompt
 from .availability import checkpoint_experts
+from .embeddings import ImageEmbeddingStore, Match, default_store_root, model_identity, nearest
 from .inputs import ImageLike, as_inputs
 
 #: Inference precisions, by the name users pass (`prismer caption --precision`).
@@ -47,6 +55,8 @@ MISSING_EXPERTS = ("refuse", "drop")
 
 Progress = Callable[[int], None]
 DEFAULT_TEMPLATE = "A photo of a {}."
+#: How ``classify`` ranks the classes: by likelihood as a caption, or by embedding similarity.
+CLASSIFY_BY = ("likelihood", "similarity")
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Predictor:
         checkpoint: Path | None = None,
         codec: TextCodec | None = None,
         dropped_experts: Mapping[str, str] | None = None,
+        max_text_length: int = 64,
     ) -> None:
         """``dropped_experts``: the model's experts that have no maps here, with why (they are
         masked out of every input); every other expert of the model needs a source in ``labels``."""
@@ -85,6 +96,8 @@ class Predictor:
         self.caption_prompt = caption_prompt
         self.checkpoint = checkpoint
         self.codec = codec or TextCodec.for_decoder(model.spec.decoder)
+        #: Tokens of a text the contrastive pass reads (training's --max-text-length).
+        self.max_text_length = max_text_length
 
     @classmethod
     def from_checkpoint(
@@ -136,8 +149,10 @@ class Predictor:
             source = StoredLabels(labels, specs)
         encoder = SampleEncoder(PairedTransform(model.image_size, train=False), model.image_mean, model.image_std,
                                 model.expert_specs, _label_encoder(info))
-        prompt = str((info.extra.get("training") or {}).get("caption_prompt") or "")
-        return cls(model, encoder, source, prompt, info.directory, dropped_experts=dropped)
+        training = info.extra.get("training") or {}
+        prompt = str(training.get("caption_prompt") or "")
+        return cls(model, encoder, source, prompt, info.directory, dropped_experts=dropped,
+                   max_text_length=int(training.get("max_text_length") or 64))
 
     @property
     def device(self) -> torch.device:
@@ -219,21 +234,124 @@ class Predictor:
         class_names: Sequence[str],
         template: str = DEFAULT_TEMPLATE,
         *,
+        by: Literal["likelihood", "similarity"] = "likelihood",
         batch_size: int = 8,
         progress: Progress | None = None,
     ) -> list[Ranking]:
-        """Classification by ranking: each class's sentence (``template`` with the class name)
-        is scored as a caption; the answer is the class whose sentence is most likely."""
+        """Classification: each class's sentence (``template`` with the class name) is scored
+        as a caption (``by="likelihood"``: its log-likelihood), or compared with the image in
+        the contrastive embedding space (``by="similarity"``: zero-shot, cosine similarity,
+        needs a model trained with the contrastive pass); the answer is the best class."""
         if template.count("{}") != 1:
             raise PrismerError(f"the class template must contain one '{{}}' for the class name, got {template!r}")
+        if by not in CLASSIFY_BY:
+            raise PrismerError(f"classify by {by!r}: choose one of {', '.join(CLASSIFY_BY)}")
         names = _unique_texts(class_names, "class name")
         sentences = [template.format(name) for name in names]
         refs = as_inputs(images)
+        if by == "similarity":
+            similarity = self.embed_images(refs, batch_size=batch_size, progress=progress) @ self.embed_texts(sentences).T
+            return [Ranking(names[order[0]], tuple(names[i] for i in order), tuple(scores))
+                    for order, scores in (_best_first(list(range(len(names))), row) for row in similarity)]
         prompts = [self.caption_prompt] * len(refs)
         return [
             Ranking(names[order[0]], tuple(names[i] for i in order), tuple(scores))
             for order, scores in self._rank(refs, prompts, sentences, None, batch_size, progress)
         ]
+
+    # -- the contrastive pass: embeddings and retrieval ------------------------------------------
+    def embed_images(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+        store: ImageEmbeddingStore | str | Path | bool | None = None,
+    ) -> torch.Tensor:
+        """Unit-length embeddings [N, dim] (float32, on the CPU) of images, by the contrastive
+        pass's image side (needs a model trained with it).
+
+        ``store``: keep them on disk (:mod:`prismer_core.inference.embeddings`), so images
+        this model embedded before are read back instead of computed: True for the default
+        place (``$PRISMER_HOME/image-embeddings``), a folder, or an opened store. ``progress``
+        is told of the images actually embedded.
+        """
+        self.model.contrastive_heads  # noqa: B018 - a model without the pass says so before any work
+        refs = as_inputs(images)
+        store = self.embedding_store(None if store is True else store) if store not in (None, False) else None
+        keys = [ref.content_key() for ref in refs] if store is not None else [None] * len(refs)
+        found = store.get([k for k in keys if k is not None]) if store is not None else {}
+        todo = [i for i, key in enumerate(keys) if key is None or key not in found]
+        vectors: dict[int, torch.Tensor] = {i: found[key] for i, key in enumerate(keys) if key in found}
+        fresh: dict[str, torch.Tensor] = {}
+        for chunk, inputs in self._batches([refs[i] for i in todo], batch_size, progress):
+            for i, vector in zip(chunk, self.model.embed_images(inputs).cpu()):
+                vectors[todo[i]] = vector
+                if keys[todo[i]] is not None:
+                    fresh[keys[todo[i]]] = vector
+        if store is not None:
+            store.put(fresh)
+        dim = self.model.spec.contrastive.dim
+        return torch.stack([vectors[i] for i in range(len(refs))]) if refs else torch.zeros((0, dim))
+
+    def embed_texts(self, texts: str | Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+        """Unit-length embeddings [N, dim] (float32, on the CPU) of texts, by the contrastive
+        pass's bidirectional text side (``[BEGIN] text [END]``, as in training)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if any(not str(t).strip() for t in texts):
+            raise PrismerError("cannot embed an empty text")
+        self.model.contrastive_heads  # noqa: B018
+        if batch_size < 1:
+            raise PrismerError("batch size must be at least 1")
+        parts = [self.model.embed_texts(self.codec.text_batch(texts[i : i + batch_size], self.max_text_length)).cpu()
+                 for i in range(0, len(texts), batch_size)]
+        return torch.cat(parts) if parts else torch.zeros((0, self.model.spec.contrastive.dim))
+
+    def retrieve(
+        self,
+        texts: str | Sequence[str],
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        query: Literal["texts", "images"] = "texts",
+        k: int = 5,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+        store: ImageEmbeddingStore | str | Path | bool | None = None,
+    ) -> list[list[Match]]:
+        """Rank by cosine similarity of the contrastive embeddings: for each text, the ``k``
+        best images (``query="texts"``), or for each image the ``k`` best texts
+        (``query="images"``), best first. Matches name images by their file name (``where``
+        for other inputs) and texts by themselves. ``store``: as for :meth:`embed_images`."""
+        if query not in ("texts", "images"):
+            raise PrismerError(f"query must be 'texts' or 'images', got {query!r}")
+        if k < 1:
+            raise PrismerError(f"k must be at least 1, got {k}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        refs = as_inputs(images)
+        if not texts or not refs:
+            raise PrismerError("retrieval needs at least one text and one image")
+        text_vectors = self.embed_texts(texts)
+        image_vectors = self.embed_images(refs, batch_size=batch_size, progress=progress, store=store)
+        if query == "texts":
+            queries, gallery, names = text_vectors, image_vectors, [ref.name or ref.label for ref in refs]
+        else:
+            queries, gallery, names = image_vectors, text_vectors, texts
+        scores, indices = nearest(queries, gallery, k)
+        return [[Match(int(i), names[int(i)], float(s)) for s, i in zip(row_scores, row_indices)]
+                for row_scores, row_indices in zip(scores, indices)]
+
+    def embedding_store(self, root: str | Path | ImageEmbeddingStore | None = None) -> ImageEmbeddingStore:
+        """The store of this model's image embeddings under ``root`` (default:
+        ``$PRISMER_HOME/image-embeddings``), keyed by :func:`~.embeddings.model_identity`."""
+        if isinstance(root, ImageEmbeddingStore):
+            return root
+        if self.checkpoint is None:
+            raise PrismerError("image embeddings are stored per checkpoint; this predictor was not loaded from one")
+        experts = {name: {"version": spec.version, "settings": self.labels.settings_of(name) if self.labels else None}
+                   for name, spec in self.model.expert_specs.items()}
+        identity = model_identity(weights_sha256(self.checkpoint), self.model.spec.to_dict(), experts,
+                                  str(self.dtype).removeprefix("torch."))
+        return ImageEmbeddingStore(root if root is not None else default_store_root(), identity)
 
     def inputs(self, images: ImageLike | Sequence[ImageLike]) -> ModelInputs:
         """The model input of ``images`` on the model's device and precision: their expert maps

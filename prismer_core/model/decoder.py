@@ -8,6 +8,9 @@ scaled_dot_product_attention; a :class:`DecoderCache` keeps the self-attention k
 past tokens and the cross-attention keys/values of the image, so each generated token costs
 one position, not the whole sequence.
 
+The same layers also run MaMMUT's contrastive pass (:meth:`TextDecoder.encode_text`): text
+alone, every token seeing every other (no causal mask), cross-attention skipped.
+
 We own these ~200 lines instead of wrapping transformers' layer classes because their
 signatures and cache objects change between releases (transformers 5 broke ``generate()`` for
 this very model), and because the adaptor must sit inside the layer and the cross-attention
@@ -109,7 +112,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cross_kv: KeyValue,
+        cross_kv: KeyValue | None,
         past: KeyValue | None,
         mask: torch.Tensor | None,
         is_causal: bool,
@@ -119,7 +122,8 @@ class DecoderLayer(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = self.self_norm(x + self.dropout(self.self_attn(x, (k, v), mask=mask, is_causal=is_causal)))
-        x = self.cross_norm(x + self.dropout(self.cross_attn(x, cross_kv, mask=cross_mask)))
+        if cross_kv is not None:  # None: the contrastive pass reads the text alone
+            x = self.cross_norm(x + self.dropout(self.cross_attn(x, cross_kv, mask=cross_mask)))
         x = self.adaptor(x)
         return self.ffn(x), (k, v)
 
@@ -185,6 +189,17 @@ class TextDecoder(nn.Module):
             x, kv = layer(x, cache.cross[index], previous, mask, is_causal, cache.cross_mask)
             past.append(kv)
         return x, DecoderCache(cross=cache.cross, past=past, valid=valid, cross_mask=cache.cross_mask)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """MaMMUT's contrastive pass: hidden states [N, T, H] of right-padded text rows with
+        bidirectional self-attention over the real tokens and no cross-attention (no image)."""
+        valid = attention_mask.bool()
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        mask = valid[:, None, None, :]
+        x = self.embed(input_ids, positions)
+        for layer in self.layers:
+            x, _ = layer(x, None, None, mask, False)
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden, self.embed.tokens.weight)

@@ -3,7 +3,9 @@
 ``build_model(spec, experts)`` makes one; ``model(inputs, input_ids, attention_mask, labels)``
 gives the caption loss; ``generate`` continues prompt ids (greedy or beam search, with a
 key/value cache); ``score`` gives the log-likelihood of candidate continuations; and
-``parameter_report`` counts parameters per part. The model reads
+``parameter_report`` counts parameters per part. With the spec's contrastive pass (MaMMUT,
+:mod:`.contrastive`) ``forward`` also gives the contrastive loss of the batch's image-text
+pairs, and ``embed_images`` / ``embed_texts`` give the embeddings retrieval compares. The model reads
 :class:`~prismer_core.inputs.ModelInputs` and token ids only: text is tokenised and decoded by
 :mod:`prismer_core.text`. With no experts it is PrismerZ: RGB only, no resampler.
 
@@ -31,8 +33,9 @@ from ..experts.contract import ExpertSpec
 from ..inputs import ModelInputs
 from ..lm_source import LMSourceError
 from ..specs import PART_NAMES, ModelSpec, load_spec
-from ..text import TokenRows
+from ..text import PairedText, TokenRows
 from .causal_lm import CausalLMDecoder, LMCache, load_language_model
+from .contrastive import ContrastiveHeads, contrastive_loss
 from .decoder import DecoderCache, TextDecoder, load_pretrained_decoder
 from .generation import beam_search, greedy_search
 from .vision import VisionEncoder, load_vision_tower
@@ -52,6 +55,7 @@ PART_PATTERNS: tuple[tuple[str, str], ...] = (
     ("decoder.mapper", r"decoder\.mapper\."),
     ("decoder.lora", r"decoder\.lm\..*\.lora_"),
     ("decoder.lm", r"decoder\.lm\."),
+    ("contrastive", r"contrastive\."),
 )
 assert tuple(part for part, _ in PART_PATTERNS) == PART_NAMES
 
@@ -67,6 +71,8 @@ def part_of(parameter_name: str) -> str:
 class PrismerOutput:
     loss: torch.Tensor | None
     logits: torch.Tensor  # [B, T, V]; with labels, [N, V] for the N predicted positions only
+    #: With image-text pairs given: the contrastive (InfoNCE) loss over the global batch.
+    contrastive_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,10 @@ class Prismer(nn.Module):
             self.decoder = CausalLMDecoder(spec.decoder, self.encoder.width, language_model)
         else:
             self.decoder = TextDecoder(spec.decoder, self.encoder.width, spec.adaptor_ratio)
+        if spec.contrastive.enabled:  # built last: every other weight starts as without it
+            _check_contrastive_decoder(spec)
+            self.contrastive = ContrastiveHeads(spec.contrastive, self.encoder.width, self.encoder.blocks[0].attn.num_heads,
+                                                spec.decoder.hidden, spec.decoder.heads)
         #: Names of the weights that came from the backbones' sources (not saved in checkpoints).
         self.pretrained_names: frozenset[str] = frozenset()
         #: The causal LM's files and hash (recorded in checkpoints; None for the other decoder).
@@ -178,20 +188,62 @@ class Prismer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        pairs: PairedText | None = None,
     ) -> PrismerOutput:
         """Next-token logits [B, T, V]. With ``labels`` (aligned with ``input_ids``, -100 where
         ignored; shifted here): the mean cross-entropy over the predicted tokens, and the logits
-        of just those positions, [N, V] in row-major order of the positions."""
+        of just those positions, [N, V] in row-major order of the positions. With ``pairs``
+        (the batch's descriptions, model built with the contrastive pass): the contrastive loss
+        too, both passes over the same weights as in MaMMUT."""
         vision, seen = self._encode(inputs)
         hidden, _ = self.decoder(input_ids, self.decoder.start(vision, seen), attention_mask)
+        contrastive = self._contrastive_loss(vision, pairs) if pairs is not None else None
         if labels is None:
-            return PrismerOutput(loss=None, logits=self.decoder.logits(hidden))
+            return PrismerOutput(loss=None, logits=self.decoder.logits(hidden), contrastive_loss=contrastive)
         # Only positions that predict a labelled token get logits: with a long prompt and a short
         # answer (VQA) the full [B, T, V] product was most of a tiny model's training step.
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         predicted = targets != -100
         logits = self.decoder.logits(hidden[predicted])
-        return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits)
+        return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits, contrastive_loss=contrastive)
+
+    def _contrastive_loss(self, vision: torch.Tensor, pairs: PairedText) -> torch.Tensor:
+        heads = self.contrastive_heads
+        images = heads.embed_images(vision)
+        if len(pairs.rows):
+            texts = heads.embed_texts(self.decoder.encode_text(pairs.ids, pairs.valid), pairs.valid)
+        else:  # no description in this process's batch; the other processes' may have some
+            texts = images[:0]
+        return contrastive_loss(images, texts, pairs.rows, pairs.image_keys, pairs.text_keys, heads.scale)
+
+    # -- the contrastive pass: embeddings for retrieval ---------------------------------------
+    @property
+    def contrastive_heads(self) -> ContrastiveHeads:
+        """The contrastive pass's heads, or a clear error for a model built without them."""
+        heads = getattr(self, "contrastive", None)
+        if heads is None:
+            raise PrismerError(
+                "this model has no contrastive pass (its spec has contrastive.enabled: false), so it cannot embed "
+                "images or texts for retrieval; train one with `prismer train --spec-set contrastive.enabled=true`"
+            )
+        return heads
+
+    @torch.inference_mode()
+    def embed_images(self, inputs: ModelInputs) -> torch.Tensor:
+        """Unit-length image embeddings [B, contrastive.dim] (eval mode, no gradient)."""
+        heads = self.contrastive_heads
+        with _eval_mode(self):
+            return heads.embed_images(self.encode_images(inputs)).float()
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: TokenRows) -> torch.Tensor:
+        """Unit-length text embeddings [N, contrastive.dim] of right-padded ``[BEGIN] text [END]``
+        rows (:meth:`prismer_core.text.TextCodec.text_batch`), by the bidirectional text pass."""
+        heads = self.contrastive_heads
+        device = self.encoder.patch_embed.weight.device
+        ids, valid = texts.ids.to(device), texts.valid.to(device)
+        with _eval_mode(self):
+            return heads.embed_texts(self.decoder.encode_text(ids, valid), valid).float()
 
     @torch.inference_mode()
     def generate(
@@ -330,6 +382,18 @@ class Prismer(nn.Module):
         if ids.shape[0] != images:
             raise PrismerError(f"got {ids.shape[0]} prompts for {images} images")
         return ids, valid
+
+
+def _check_contrastive_decoder(spec: ModelSpec) -> None:
+    """The contrastive pass runs the decoder bidirectionally over text alone; a decoder that is
+    a causal language model (a decoder kind other than the cross-attention one) cannot."""
+    kind = getattr(spec.decoder, "kind", "cross_attention")
+    if kind != "cross_attention":
+        raise PrismerError(
+            f"spec {spec.name!r}: contrastive.enabled needs the cross-attention (RoBERTa-style) decoder, whose layers "
+            f"can read a text bidirectionally; decoder kind {kind!r} is a causal language model, and a bidirectional "
+            "text pass through it is not implemented (set contrastive.enabled: false)"
+        )
 
 
 @contextmanager

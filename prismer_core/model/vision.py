@@ -258,7 +258,7 @@ class VisionEncoder(nn.Module):
         """RGB [B, 3, S, S] and expert maps -> vision tokens [B, num_tokens, width].
 
         ``present``: per expert, [B] bool, which samples have its map (absent key: all do)."""
-                features = rgb if self.rgb_stem is None else self.rgb_stem(rgb)
+        features = rgb if self.rgb_stem is None else self.rgb_stem(rgb)
         x = self.patch_embed(features).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.reshape(1, 1, -1).expand(x.shape[0], 1, -1), x], dim=1)
         x = x + self.positional_embedding.reshape(1, -1, self.width)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..data.manifest import parse_tasks
 from ..errors import PrismerError, did_you_mean
-from ..specs import PART_NAMES
+from ..specs import PART_NAMES, ModelSpec
 
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "plain", "ddp", "deepspeed")
@@ -64,6 +64,7 @@ class TrainConfig(BaseModel):
     group_by_task: bool = Field(False, description="Give each batch one task (less padding for short VQA answers; the rarer task gets fewer steps).")
     max_text_length: int = Field(64, ge=4, description="Tokens per sample (prompt + target), longer ones are cut.")
     caption_prompt: str = Field("", description="Text the caption follows, e.g. 'a picture of' (used again at inference).")
+    contrastive_weight: float | None = Field(None, ge=0, description="Weight of the contrastive (retrieval) loss added to the generative one; needs a spec with the contrastive pass (--spec-set contrastive.enabled=true) [default: 1 with it, 0 without].")
     log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
     eval_every: int = Field(0, ge=0, description="Validation loss every N steps (0: at the end only).")
     eval_samples: int = Field(64, ge=1, description="Validation samples per task.")
@@ -103,6 +104,17 @@ class TrainConfig(BaseModel):
         if self.spec is None and not self.init_from:
             self.spec = "tiny"
         return self
+
+    def contrastive_weight_for(self, spec: ModelSpec) -> float:
+        """The contrastive loss's weight for a model of ``spec`` (see the field's help)."""
+        if self.contrastive_weight is None:
+            return 1.0 if spec.contrastive.enabled else 0.0
+        if self.contrastive_weight > 0 and not spec.contrastive.enabled:
+            raise PrismerError(
+                f"--contrastive-weight {self.contrastive_weight:g} needs a model with the contrastive pass, but spec "
+                f"{spec.name!r} has contrastive.enabled: false (add --spec-set contrastive.enabled=true)"
+            )
+        return float(self.contrastive_weight)
 
     @property
     def warmup(self) -> int:

@@ -2,8 +2,11 @@
 
 All engines share the optimisation recipe: AdamW (weight decay on matrices only, not on
 biases and norms), linear warm-up then cosine decay (transformers' schedule), gradient
-clipping, and autocast in bf16/fp16 where the device supports it. They differ only in who
-holds which state, which is why saving and loading the training state is theirs too.
+clipping, and autocast in bf16/fp16 where the device supports it. A step minimises the
+generative loss plus ``contrastive_weight`` times the contrastive one (MaMMUT's two passes,
+when the model has the contrastive pass and the batch brings image-text pairs). They differ
+only in who holds which state, which is why saving and loading the training state is theirs
+too.
 """
 
 from __future__ import annotations
@@ -95,6 +98,19 @@ class Engine:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.dtype == torch.float16)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.wrapped: nn.Module = self.model
+        self.contrastive_weight = config.contrastive_weight_for(model.spec)
+        #: The contrastive loss of the last step (None: the step had none).
+        self.last_contrastive: float | None = None
+
+    def objective(self, output) -> torch.Tensor:
+        """What a step minimises: the generative loss, plus the weighted contrastive one (kept
+        in ``last_contrastive``; the step itself reports the generative loss, comparable with
+        a run without the contrastive pass)."""
+        if output.contrastive_loss is None or not self.contrastive_weight:
+            self.last_contrastive = None
+            return output.loss
+        self.last_contrastive = float(output.contrastive_loss.detach().float())
+        return output.loss + self.contrastive_weight * output.contrastive_loss
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -103,13 +119,14 @@ class Engine:
 
     def forward(self, module: nn.Module, batch: Batch):
         with self.autocast():
-            return module(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels)
+            return module(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
 
     def step(self, batch: Batch) -> float:
-        """One optimisation step; returns this process's loss."""
+        """One optimisation step; returns this process's generative loss."""
         self.wrapped.train()
         batch = batch.to(self.ctx.device)
-        loss = self.forward(self.wrapped, batch).loss
+        output = self.forward(self.wrapped, batch)
+        loss = self.objective(output)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
@@ -118,7 +135,7 @@ class Engine:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        return float(output.loss.detach())
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> tuple[float, int]:
@@ -178,6 +195,8 @@ class DeepSpeedEngine(Engine):
         self.wrapped = self.engine
         self.scaler = None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.contrastive_weight = config.contrastive_weight_for(model.spec)
+        self.last_contrastive = None
 
     def deepspeed_config(self) -> dict[str, Any]:
         from ..specs import data_file
@@ -202,10 +221,10 @@ class DeepSpeedEngine(Engine):
     def step(self, batch: Batch) -> float:
         self.engine.train()
         batch = batch.to(self.ctx.device, self.dtype if self.dtype != torch.float32 else None)
-        loss = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss
-        self.engine.backward(loss)
+        output = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+        self.engine.backward(self.objective(output))
         self.engine.step()
-        return float(loss.detach().float())
+        return float(output.loss.detach().float())
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> tuple[float, int]:

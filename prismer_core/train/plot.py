@@ -22,7 +22,8 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def plot_losses(records: Sequence[dict[str, Any]], target: Path, title: str) -> None:
-    """Training loss (raw and smoothed) and validation loss per task against the step."""
+    """Training loss (raw and smoothed), the contrastive loss (smoothed, when the run has the
+    contrastive pass) and validation loss per task against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +35,10 @@ def plot_losses(records: Sequence[dict[str, Any]], target: Path, title: str) -> 
         steps, losses = zip(*train)
         axis.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
         axis.plot(steps, smooth(losses, max(1, len(losses) // 20)), color="tab:blue", label="train (smoothed)")
+    contrastive = [(r["step"], r["contrastive_loss"]) for r in records if "contrastive_loss" in r]
+    if contrastive:
+        steps, losses = zip(*contrastive)
+        axis.plot(steps, smooth(losses, max(1, len(losses) // 20)), color="tab:gray", label="contrastive (smoothed)")
     val_keys = sorted({k for r in records for k in r if k.startswith("val_loss")})
     for colour, key in zip(("tab:orange", "tab:green", "tab:red", "tab:purple"), val_keys):
         points = [(r["step"], r[key]) for r in records if key in r]
@@ -43,7 +48,7 @@ def plot_losses(records: Sequence[dict[str, Any]], target: Path, title: str) -> 
     axis.set_ylabel("loss (cross-entropy per token)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    if train or val_keys:
+    if train or contrastive or val_keys:
         axis.legend()
     figure.tight_layout()
     with atomic_path(target) as tmp:

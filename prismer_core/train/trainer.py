@@ -63,6 +63,8 @@ class TrainResult:
     flops_per_image: float | None = None
     mfu: float | None = None
     last_loss: float | None = None
+    #: The contrastive loss of the last step (None: trained without the contrastive pass).
+    last_contrastive_loss: float | None = None
     val_loss: dict[str, float] = field(default_factory=dict)
     is_main: bool = True  # False in the other processes of a distributed run
 
@@ -112,6 +114,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
 
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
+    if config.spec is not None:  # a contrastive weight the spec cannot use is refused before any work
+        _refuse_distributed_contrastive(config.contrastive_weight_for(load_spec(config.spec, config.spec_overrides or None)) > 0, ctx)
     live = config.labels is None
     specs = get_registry().require(config.experts, live=live, settings=config.expert_settings)
     parent = _parent(config, specs) if config.init_from and not resume else None
@@ -153,10 +157,12 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
             encoder.save(run.root / LABEL_ENCODER_FILE)
 
     model = engine.model
+    contrastive = config.contrastive_weight_for(model.spec) > 0  # the model's spec: with --init-from, its parent's
+    _refuse_distributed_contrastive(contrastive, ctx)
     sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
                                    model.image_mean, model.image_std, specs, encoder)
-    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout)
-    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length)
+    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout, describe=contrastive)
+    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length, contrastive=contrastive)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
                           start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
@@ -220,12 +226,15 @@ class _Loop:
                 images_total += batch.size * ctx.world_size
                 (mean_loss,) = ctx.sum(loss / ctx.world_size)
                 self.result.last_loss = mean_loss
+                contrastive = self.engine.last_contrastive  # the same global value on every process
+                self.result.last_contrastive_loss = contrastive
                 if self.step % config.log_every == 0 or self.step == config.max_steps:
                     elapsed = time.perf_counter() - window_start
                     speed = window_images / elapsed if elapsed > 0 else 0.0
                     epoch = self.step * config.batch_size * ctx.world_size / self.num_samples
                     utilisation = mfu(speed, flops_per_image, str(ctx.device), ctx.world_size)
                     self._log({"step": self.step, "loss": round(mean_loss, 5), "lr": lr,
+                               **({"contrastive_loss": round(contrastive, 5)} if contrastive is not None else {}),
                                "images_per_s": round(speed, 2), "epoch": round(epoch, 3),
                                "mfu": round(utilisation, 4) if utilisation is not None else None})
                     progress.update(task, loss=f"{mean_loss:.3f}", speed=f"{speed:.1f}",
@@ -361,6 +370,15 @@ def _loader(dataset: TrainingData, sampler: StepSampler, collate: Collator, work
         pin_memory=ctx.device.type == "cuda", worker_init_fn=_ignore_sigint_in_worker if workers else None,
         prefetch_factor=4 if workers else None,
     )
+
+
+def _refuse_distributed_contrastive(contrastive: bool, ctx: Distributed) -> None:
+    if contrastive and ctx.world_size > 1:
+        raise PrismerError(
+            "not implemented correctly yet: the contrastive pass across several processes gets a gradient that "
+            "differs from one process's (tests/test_train_distributed.py, issue 15); train it in one process, "
+            "or pass --contrastive-weight 0"
+        )
 
 
 def _prepare_run(run: RunDir, config: TrainConfig, resume: bool, ctx: Distributed) -> tuple[int, Path] | None:
