@@ -145,8 +145,12 @@ def _experts(facts: CardFacts) -> str:
 
 def _model(facts: CardFacts) -> str:
     spec = facts.spec
-    vision = spec.vision.open_clip_model + (f" (weights: {spec.vision.pretrained})" if spec.vision.pretrained else "")
-    decoder = f"{spec.decoder.layers} layers × {spec.decoder.hidden}" + (f" (weights: {spec.decoder.weights})" if spec.decoder.weights else "")
+    vision = spec.vision.tower_name + (f" (weights: {spec.vision.pretrained})" if spec.vision.pretrained else "")
+    if spec.decoder.kind == "causal_lm":
+        decoder = (f"a frozen causal LM ({spec.decoder.config['model_type']}, weights: {spec.decoder.weights or 'random'}) "
+                   f"read through a {spec.decoder.mapper.queries}-query mapper")
+    else:
+        decoder = f"{spec.decoder.layers} layers × {spec.decoder.hidden}" + (f" (weights: {spec.decoder.weights})" if spec.decoder.weights else "")
     lines = [
         f"- spec `{spec.name}`{': ' + spec.description if spec.description else ''} (in full: `spec.yaml`)",
         f"- image size {spec.image_size} px; vision tower `{vision}`; decoder {decoder}",

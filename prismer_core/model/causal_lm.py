@@ -97,9 +97,10 @@ class CausalLMDecoder(nn.Module):
         """The transformers ``*ForCausalLM`` (inside peft's wrapper when LoRA is on)."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def start(self, vision_tokens: torch.Tensor) -> LMCache:
-        """Map the images to their prefix and run it through the LM once."""
-        prefix = self.mapper(vision_tokens)
+    def start(self, vision_tokens: torch.Tensor, vision_mask: torch.Tensor | None = None) -> LMCache:
+        """Map the images to their prefix and run it through the LM once; ``vision_mask`` [B, T]
+        bool: the vision tokens the mapper may read (None: all)."""
+        prefix = self.mapper(vision_tokens, vision_mask)
         valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
         out = self._run(prefix, valid, torch.arange(prefix.shape[1], device=prefix.device).expand_as(valid), None)
         return LMCache(LMCache.layers_of(out.past_key_values), valid, prefix.shape[1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .resampler import ResamplerBlock
+from .resampler import ResamplerBlock, queries_and_tokens_mask
 
 
 class QueryMapper(nn.Module):
@@ -33,10 +33,12 @@ class QueryMapper(nn.Module):
             self.project_out.weight.mul_(scale.to(self.project_out.weight.dtype))
             self.project_out.bias.zero_()
 
-    def forward(self, vision_tokens: torch.Tensor) -> torch.Tensor:
-        """Vision tokens [B, N, vision_width] -> prefix embeddings [B, queries, lm_width]."""
+    def forward(self, vision_tokens: torch.Tensor, vision_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Vision tokens [B, N, vision_width] -> prefix embeddings [B, queries, lm_width];
+        ``vision_mask`` [B, N] bool: the tokens the queries may read (None: all)."""
         tokens = self.project_in(vision_tokens)
         queries = self.queries.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        mask = queries_and_tokens_mask(queries.shape[1], vision_mask)
         for block in self.blocks:
-            queries = block(queries, tokens)
+            queries = block(queries, tokens, mask)
         return self.project_out(self.norm(queries))

@@ -40,6 +40,15 @@ class ResamplerBlock(nn.Module):
         return latents + self.fc_out(squared_relu(self.fc_in(self.norm_mlp(latents))))
 
 
+def queries_and_tokens_mask(queries: int, token_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A :class:`ResamplerBlock` mask [B, 1, 1, Q + N] from the tokens' [B, N] (None: all read):
+    the queries always read each other."""
+    if token_mask is None:
+        return None
+    own = torch.ones(token_mask.shape[0], queries, dtype=torch.bool, device=token_mask.device)
+    return torch.cat([own, token_mask.to(torch.bool)], dim=1)[:, None, None, :]
+
+
 class ExpertsResampler(nn.Module):
     def __init__(self, width: int, latents: int = 64, layers: int = 4, heads: int = 8) -> None:
         super().__init__()
@@ -50,10 +59,7 @@ class ExpertsResampler(nn.Module):
         """Expert tokens [B, N, D] -> latents [B, L, D]; ``token_mask`` [B, N] bool (True: the
         token is read; None: all are)."""
         latents = self.latents.expand(tokens.shape[0], -1, -1)
-        mask = None
-        if token_mask is not None:
-            own = torch.ones(tokens.shape[0], latents.shape[1], dtype=torch.bool, device=tokens.device)
-            mask = torch.cat([own, token_mask.to(torch.bool)], dim=1)[:, None, None, :]
+        mask = queries_and_tokens_mask(latents.shape[1], token_mask)
         for block in self.blocks:
             latents = block(latents, tokens, mask)
         return latents
