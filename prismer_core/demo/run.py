@@ -142,7 +142,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, console: Con
     settings = settings or DemoSettings()
     if settings.seeds < 1:
         raise PrismerError(f"--seeds must be at least 1, got {settings.seeds}")
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or Console(stderr=True, soft_wrap=True, width=max(120, Console(stderr=True).width))  # tables unwrapped in logs
     out = Path(out)
     report = DemoReport(out)
     data, labels = out / "data", out / "labels"

@@ -90,6 +90,8 @@ class Prismer(nn.Module):
         self.spec = spec
         self.expert_specs: dict[str, ExpertSpec] = dict(sorted(experts.items()))
         self.encoder = VisionEncoder(spec, self.expert_specs, vision_tower)
+        if spec.contrastive.enabled:
+            _check_contrastive_decoder(spec)
         self.decoder: TextDecoder | CausalLMDecoder
         if spec.decoder.kind == "causal_lm":  # the language side, by the spec's decoder.kind
             if language_model is None:
@@ -98,7 +100,6 @@ class Prismer(nn.Module):
         else:
             self.decoder = TextDecoder(spec.decoder, self.encoder.width, spec.adaptor_ratio)
         if spec.contrastive.enabled:  # built last: every other weight starts as without it
-            _check_contrastive_decoder(spec)
             self.contrastive = ContrastiveHeads(spec.contrastive, self.encoder.width, self.encoder.blocks[0].attn.num_heads,
                                                 spec.decoder.hidden, spec.decoder.heads)
         #: Names of the weights that came from the backbones' sources (not saved in checkpoints).
