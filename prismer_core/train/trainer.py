@@ -106,9 +106,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
 
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
-    live = config.labels is None
-    specs = get_registry().require(config.experts, live=live, settings=config.expert_settings)
-    labels = _label_source(config, specs)
+    specs = require_experts(config)
+    labels = label_source(config, specs)
     data = load_data(config.data, config.tasks, config.on_bad_row)
     val = load_data(config.val_data, config.tasks, config.on_bad_row) if config.val_data else None
     _report_rows(console, data, val)
@@ -122,7 +121,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
         model = Prismer.from_pretrained(latest[1], experts=specs)
     else:
         model = build_model(load_spec(config.spec, config.spec_overrides or None), specs)
-    encoder = _label_encoder(specs, latest[1] if latest else None)
+    encoder = label_encoder_for(specs, latest[1] if latest else None)
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
     engine = make_engine(engine_name, model, config, ctx)
@@ -139,10 +138,8 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
             encoder.save(run.root / LABEL_ENCODER_FILE)
 
     model = engine.model
-    sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
-                                   model.image_mean, model.image_std, specs, encoder)
-    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt)
-    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length)
+    train_set = training_data(config, model, specs, data.samples, labels, encoder)
+    collate = collator(config, model)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
                           start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
@@ -346,7 +343,27 @@ def _prepare_run(run: RunDir, config: TrainConfig, resume: bool, ctx: Distribute
     return latest
 
 
-def _label_source(config: TrainConfig, specs: dict) -> LabelSource | None:
+def require_experts(config: TrainConfig) -> dict:
+    """The run's expert specs, checked: unknown or not-ready experts are a clear error (experts
+    run on the fly must be ready to run; read from a label store, only known)."""
+    return get_registry().require(config.experts, live=config.labels is None, settings=config.expert_settings)
+
+
+def training_data(config: TrainConfig, model: Prismer, specs: dict, samples, labels: LabelSource | None,
+                  encoder: Any) -> TrainingData:
+    """The dataset a run trains on: its samples through the model's :class:`SampleEncoder` with
+    training's crop and flip (``.encoder.for_evaluation()`` gives the eval-mode one)."""
+    sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
+                                   model.image_mean, model.image_std, specs, encoder)
+    return TrainingData(samples, sample_encoder, labels, config.caption_prompt)
+
+
+def collator(config: TrainConfig, model: Prismer) -> Collator:
+    """Batches of the run's samples, text through the model's :class:`TextCodec`."""
+    return Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length)
+
+
+def label_source(config: TrainConfig, specs: dict) -> LabelSource | None:
     """Where the expert maps come from; a label store is checked here, before any run folder
     is touched (versions, and settings given that differ from those it was made with)."""
     if not specs:
@@ -376,7 +393,7 @@ def _write_run_record(
     })
 
 
-def _label_encoder(specs: dict, checkpoint: Path | None):
+def label_encoder_for(specs: dict, checkpoint: Path | None = None):
     """The label encoder for semantic experts: the checkpoint's own copy when resuming, so
     the maps keep meaning what they meant."""
     if not any(spec.is_semantic for spec in specs.values()):
