@@ -12,7 +12,9 @@ measures, every ``--every`` steps and at the end:
 * **gradients**: the gradient norm of each part (before clipping) and its update relative to
   its weights, averaged over the window;
 * **attention**: the share of the decoder's cross-attention that goes to the latents;
-* **VQA**: greedy open-ended accuracy per question type on the validation questions.
+* **VQA**: greedy open-ended accuracy per question type on the validation questions, and the
+  cross-entropy of their reference answers per type (`answer_loss_*`), which moves long before
+  greedy answers leave the language prior.
 
     .venv/bin/python bench/bench_learning.py --data demo_out/data --steps 400 --every 100
     .venv/bin/python bench/bench_learning.py --data D --labels L --experts edge,ocr --lr-scale vision.backbone=0.1
@@ -194,7 +196,29 @@ class Probe:
                 tokens["train"][:, 1 : 1 + self.rgb_tokens].flatten(1).double().numpy(), self.targets["train"],
                 rgb.flatten(1).double().numpy(), self.targets["val"])
         record.update(self.vqa_accuracy())
+        record.update(self.answer_loss())
         return record
+
+    @torch.no_grad()
+    def answer_loss(self) -> dict:
+        """Cross-entropy of the reference answers of the validation questions, per type: it moves
+        long before greedy answers leave the language prior, so short runs can be compared."""
+        from prismer_core.data.dataset import TrainingData
+
+        self.model.eval()
+        by_type = defaultdict(list)
+        for sample in self.vqa:
+            by_type[sample.question_type].append(sample)
+        result = {}
+        for kind, samples in sorted(by_type.items()):
+            data = TrainingData(samples, self.eval_encoder, self.labels, self.config.caption_prompt)
+            total = 0.0
+            for start in range(0, len(data), 64):
+                batch = self.collate([data[(i, i)] for i in range(start, min(len(data), start + 64))])
+                total += float(self.model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss) * batch.size
+            result[f"answer_loss_{kind}"] = round(total / len(data), 3)
+        self.model.train()
+        return result
 
     @torch.no_grad()
     def vqa_accuracy(self) -> dict:
