@@ -17,7 +17,7 @@ measures, every ``--every`` steps and at the end:
   greedy answers leave the language prior.
 
     .venv/bin/python bench/bench_learning.py --data demo_out/data --steps 400 --every 100
-    .venv/bin/python bench/bench_learning.py --data D --labels L --experts edge,ocr --lr-scale vision.backbone=0.1
+    .venv/bin/python bench/bench_learning.py --data D --labels L --experts edge,ocr --train-set 'lr_scales={vision.backbone: 0.1}'
 
 Spec fields are set with ``--set FIELD=VALUE`` (YAML values), as ``prismer train --spec-set``.
 Prints one JSON line per measurement and writes them all to ``--json``.
