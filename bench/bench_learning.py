@@ -12,10 +12,12 @@ measures, every ``--every`` steps and at the end:
 * **gradients**: the gradient norm of each part (before clipping) and its update relative to
   its weights, averaged over the window;
 * **attention**: the share of the decoder's cross-attention that goes to the latents;
-* **VQA**: greedy open-ended accuracy per question type on the validation questions.
+* **VQA**: greedy open-ended accuracy per question type on the validation questions, and the
+  cross-entropy of their reference answers per type (`answer_loss_*`), which moves long before
+  greedy answers leave the language prior.
 
     .venv/bin/python bench/bench_learning.py --data demo_out/data --steps 400 --every 100
-    .venv/bin/python bench/bench_learning.py --data D --labels L --experts edge,ocr --lr-scale vision.backbone=0.1
+    .venv/bin/python bench/bench_learning.py --data D --labels L --experts edge,ocr --train-set 'lr_scales={vision.backbone: 0.1}'
 
 Spec fields are set with ``--set FIELD=VALUE`` (YAML values), as ``prismer train --spec-set``.
 Prints one JSON line per measurement and writes them all to ``--json``.
@@ -115,59 +117,55 @@ def ridge_probe(train_x: np.ndarray, train_y: dict, val_x: np.ndarray, val_y: di
 # -- the run ------------------------------------------------------------------------------------
 class Probe:
     def __init__(self, args):
-        from prismer_core.data.dataset import Collator, StoredLabels, TrainingData
+        from prismer_core.data.dataset import TrainingData
         from prismer_core.data.manifest import load_data
-        from prismer_core.data.transforms import PairedTransform
+        from prismer_core.demo.scenes import SceneOptions
         from prismer_core.model import build_model
-        from prismer_core.semantic import load_label_encoder
         from prismer_core.specs import load_spec
         from prismer_core.train.config import TrainConfig
-        from prismer_core.train.experts import require_experts
+        from prismer_core.train.trainer import collator, label_encoder_for, label_source, require_experts, training_data
 
         self.args = args
-        from prismer_core.demo.scenes import SceneOptions
-
         self.scene_options = SceneOptions.from_dict(json.loads((args.data / "demo.json").read_text()).get("options", {}))
-        experts = [e for e in args.experts.split(",") if e]
-        specs = require_experts(experts, live=False)
-        torch.manual_seed(args.seed)
-        self.model = build_model(load_spec(args.spec, assignments(args.spec_set) or None), specs)
-        self.specs = specs
-        labels = StoredLabels(args.labels, specs) if experts else None
-        encoder = load_label_encoder() if any(s.is_semantic for s in specs.values()) else None
-        tasks = tuple(args.tasks.split(","))
-        train = load_data(args.data / "train.jsonl", tasks).samples
+        tasks = list(args.tasks.split(","))
+        self.config = TrainConfig(data=[str(args.data / "train.jsonl")], out="-", experts=[e for e in args.experts.split(",") if e],
+                                  labels=str(args.labels) if args.labels else None, tasks=tasks, spec=args.spec,
+                                  spec_overrides=assignments(args.spec_set), max_steps=args.steps,
+                                  batch_size=args.batch_size, seed=args.seed, **assignments(args.train_set))
+        config = self.config
+        specs = require_experts(config)
+        torch.manual_seed(args.seed)  # as training does: the same initial weights for a seed
+        self.model = m = build_model(load_spec(config.spec, config.spec_overrides or None), specs)
+        self.labels = label_source(config, specs)
+        encoder = label_encoder_for(specs)
+        train = load_data(config.data, config.tasks).samples
         if args.train_images:
-            keys = list(dict.fromkeys(s.key for s in train))[: args.train_images]
-            train = [s for s in train if s.key in set(keys)]
-        val = load_data(args.data / "val.jsonl", ("caption", "vqa")).samples
-        self.config = TrainConfig(data=["-"], out="-", max_steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                                  **assignments(args.train_set))
-        size, m = self.model.image_size, self.model
-        crop = (self.config.crop_scale, 1.0)
-        self.train_data = TrainingData(train, PairedTransform(size, True, crop, self.config.hflip), m.image_mean,
-                                       m.image_std, specs, labels, encoder)
+            keep = set(list(dict.fromkeys(s.image.name for s in train))[: args.train_images])
+            train = [s for s in train if s.image.name in keep]
+        val = load_data([str(args.data / "val.jsonl")], ["caption", "vqa"]).samples
+        self.train_data = training_data(config, m, specs, train, self.labels, encoder)
+        self.eval_encoder = self.train_data.encoder.for_evaluation()
 
         def plain(samples):
-            return TrainingData(samples, PairedTransform(size, train=False), m.image_mean, m.image_std, specs, labels, encoder)
+            return TrainingData(samples, self.eval_encoder, self.labels, config.caption_prompt)
 
         first = {}
         for s in train:
-            first.setdefault(s.key, s)
+            first.setdefault(s.image.name, s)
         probe_train = list(first.values())[:256]
-        probe_val = list({s.key: s for s in val if s.task == "caption"}.values())
+        probe_val = list({s.image.name: s for s in val if s.task == "caption"}.values())
         self.probe_sets = {"train": plain(probe_train), "val": plain(probe_val)}
         self.targets = {k: self._targets(d.samples) for k, d in self.probe_sets.items()}
         vqa = [s for s in val if s.task == "vqa"]
-        self.vqa = plain(vqa[: args.vqa_limit] if args.vqa_limit else vqa)
-        self.collate = Collator(self.model.tokenizer, self.config.max_text_length)
+        self.vqa = vqa[: args.vqa_limit] if args.vqa_limit else vqa
+        self.collate = collator(config, m)
         self.latents = m.encoder.resampler.latents.shape[0] if m.encoder.resampler is not None else 0
         self.rgb_tokens = m.encoder.grid ** 2
 
     def _targets(self, samples):
         from prismer_core.demo.scenes import scene_of
 
-        rows = [probe_targets(scene_of(self.args.data, s.key), self.scene_options) for s in samples]
+        rows = [probe_targets(scene_of(self.args.data, s.image.name), self.scene_options) for s in samples]
         return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
 
     @torch.no_grad()
@@ -198,32 +196,51 @@ class Probe:
                 tokens["train"][:, 1 : 1 + self.rgb_tokens].flatten(1).double().numpy(), self.targets["train"],
                 rgb.flatten(1).double().numpy(), self.targets["val"])
         record.update(self.vqa_accuracy())
+        record.update(self.answer_loss())
         return record
 
     @torch.no_grad()
-    def vqa_accuracy(self) -> dict:
-        from prismer_core.metrics import vqa_accuracy
+    def answer_loss(self) -> dict:
+        """Cross-entropy of the reference answers of the validation questions, per type: it moves
+        long before greedy answers leave the language prior, so short runs can be compared."""
+        from prismer_core.data.dataset import TrainingData
 
         self.model.eval()
+        by_type = defaultdict(list)
+        for sample in self.vqa:
+            by_type[sample.question_type].append(sample)
+        result = {}
+        for kind, samples in sorted(by_type.items()):
+            data = TrainingData(samples, self.eval_encoder, self.labels, self.config.caption_prompt)
+            total = 0.0
+            for start in range(0, len(data), 64):
+                batch = self.collate([data[(i, i)] for i in range(start, min(len(data), start + 64))])
+                total += float(self.model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss) * batch.size
+            result[f"answer_loss_{kind}"] = round(total / len(data), 3)
+        self.model.train()
+        return result
+
+    @torch.no_grad()
+    def vqa_accuracy(self) -> dict:
+        """Greedy open-ended answers through the Predictor (the inference path) on the in-memory model."""
+        from prismer_core.inference.predictor import Predictor
+        from prismer_core.metrics import vqa_accuracy
+
+        predictor = Predictor(self.model, self.eval_encoder, self.labels, self.config.caption_prompt, codec=self.collate.codec)
         by_type, attention = defaultdict(list), []
         hooks = self._attention_hooks(attention) if self.latents else []
         try:
-            for start in range(0, len(self.vqa), 64):
-                items = [self.vqa[(i, i)] for i in range(start, min(len(self.vqa), start + 64))]
-                inputs = self.collate(items).inputs
-                said = self.model.generate(inputs, [it["prompt"] for it in items], num_beams=1, max_new_tokens=6)
-                for it, answer in zip(items, said):
-                    sample = self.vqa.samples[[s.where for s in self.vqa.samples].index(it["where"])]
-                    by_type[sample.question_type].append(vqa_accuracy(answer, sample.answers))
+            said = predictor.answer(self.vqa, [s.question for s in self.vqa], num_beams=1, max_new_tokens=6, batch_size=64)
         finally:
             for hook in hooks:
                 hook.remove()
-        self.model.train()
+            self.model.train()
+        for sample, answer in zip(self.vqa, said):
+            by_type[sample.question_type].append(vqa_accuracy(answer, sample.answers))
         result = {"vqa": round(float(np.mean([v for vs in by_type.values() for v in vs])), 3)}
         result.update({f"vqa_{k}": round(float(np.mean(v)), 3) for k, v in sorted(by_type.items())})
         if attention:
-            result["latent_attention"] = [round(float(np.mean(a)), 3) for a in zip(*attention)] if False else \
-                round(float(np.mean(attention)), 3)
+            result["latent_attention"] = round(float(np.mean(attention)), 3)
         return result
 
     def _attention_hooks(self, sink: list):
@@ -271,7 +288,7 @@ class Probe:
                 torch.nn.utils.clip_grad_norm_([p for p in names], config.grad_clip)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if measure_update:
                 update, weight = defaultdict(float), defaultdict(float)
                 for p, part in names.items():

@@ -123,6 +123,12 @@ class DecoderSpec(_Strict):
     #: Dropout on attention weights. 0 keeps PyTorch's fused attention kernel; any other value
     #: makes SDPA fall back to its unfused path on CPU.
     attention_dropout: float = Field(0.0, ge=0, lt=1)
+    #: Initial std of the query and key projections of every attention (self and cross) of a
+    #: decoder trained from scratch: ``bert`` (0.02, as every other weight) or ``fan_in``
+    #: (1/sqrt(hidden): attention logits start with unit spread instead of ~0.08, so attention
+    #: is not uniform at the start and the query/key gradients, each proportional to the other
+    #: weight, are not stuck near zero). Pre-trained weights replace it where they have them.
+    attention_init: Literal["bert", "fan_in"] = "bert"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "DecoderSpec":

@@ -100,6 +100,21 @@ def test_rgb_tokens_see_the_latents_only_when_the_spec_says_so(rgb_attends_laten
     assert same is not rgb_attends_latents
     assert tokens.shape[1] == rgb_only.shape[1] + 64
 
+@pytest.mark.parametrize("init, low, high", [("bert", 0.02, 0.2), ("fan_in", 0.5, 2.0)])
+def test_decoder_attention_init_sets_the_spread_of_its_first_attention_logits(init, low, high):
+    """``fan_in`` starts attention away from uniform (logit std near 1); BERT's 0.02 leaves it
+    uniform (std ~0.08), where the query and key gradients, each scaled by the other, are tiny."""
+    torch.manual_seed(0)
+    model = build_model(small_spec(**{"decoder.attention_init": init}), {})
+    attention = model.decoder.layers[0].cross_attn
+    x = F.layer_norm(torch.randn(64, 8, 192), (192,))
+    vision = F.layer_norm(torch.randn(64, 17, model.encoder.width), (model.encoder.width,))
+    q, (k, _) = attention._split(attention.query(x)), attention.project_kv(vision)
+    logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    assert low < float(logits.std()) < high
+    assert float(model.decoder.layers[0].ffn.fc_in.weight.std()) == pytest.approx(0.02, rel=0.05)  # the rest stays BERT's
+
+
 def test_adaptors_start_as_identity_and_are_in_the_path(six_expert_model):
     model = six_expert_model
     batch = make_batch(model)

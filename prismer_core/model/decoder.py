@@ -152,8 +152,9 @@ class TextDecoder(nn.Module):
         self._init_like_bert()
 
     def _init_like_bert(self) -> None:
-        """BERT's initialisation (normal, std 0.02) for a decoder trained from scratch; loading
-        pre-trained weights overwrites it. Adaptors keep their zero start."""
+        """BERT's initialisation (normal, std 0.02) for a decoder trained from scratch, queries and
+        keys as ``spec.attention_init`` says; loading pre-trained weights overwrites it. Adaptors
+        keep their zero start."""
         for name, module in self.named_modules():
             if ".adaptor" in name:
                 continue
@@ -164,6 +165,11 @@ class TextDecoder(nn.Module):
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
+        if self.spec.attention_init == "fan_in":
+            for layer in self.layers:
+                for attention in (layer.self_attn, layer.cross_attn):
+                    for projection in (attention.query, attention.key):
+                        nn.init.normal_(projection.weight, std=projection.in_features ** -0.5)
 
     def start(self, vision_tokens: torch.Tensor, vision_mask: torch.Tensor | None = None) -> DecoderCache:
         """A cache holding the cross-attention keys/values of these images, computed once;

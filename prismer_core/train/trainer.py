@@ -116,10 +116,9 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
     if config.spec is not None:  # a contrastive weight the spec cannot use is refused before any work
         _refuse_distributed_contrastive(config.contrastive_weight_for(load_spec(config.spec, config.spec_overrides or None)) > 0, ctx)
-    live = config.labels is None
-    specs = get_registry().require(config.experts, live=live, settings=config.expert_settings)
+    specs = require_experts(config)
     parent = _parent(config, specs) if config.init_from and not resume else None
-    labels = _label_source(config, specs)
+    labels = label_source(config, specs)
     data = load_data(config.data, config.tasks, config.on_bad_row)
     val = load_data(config.val_data, config.tasks, config.on_bad_row) if config.val_data else None
     _report_rows(console, data, val)
@@ -139,7 +138,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
         console.print(f"starting from {parent.info.directory} (experts {', '.join(parent.info.experts) or 'none'}; new: {new})")
     else:
         model = build_model(load_spec(config.spec, config.spec_overrides or None), specs)
-    encoder = _label_encoder(specs, latest[1] if latest else parent.info.directory if parent else None)
+    encoder = label_encoder_for(specs, latest[1] if latest else parent.info.directory if parent else None)
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
     engine = make_engine(engine_name, model, config, ctx)
@@ -159,10 +158,8 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     model = engine.model
     contrastive = config.contrastive_weight_for(model.spec) > 0  # the model's spec: with --init-from, its parent's
     _refuse_distributed_contrastive(contrastive, ctx)
-    sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
-                                   model.image_mean, model.image_std, specs, encoder)
-    train_set = TrainingData(data.samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout, describe=contrastive)
-    collate = Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length, contrastive=contrastive)
+    train_set = training_data(config, model, specs, data.samples, labels, encoder, describe=contrastive)
+    collate = collator(config, model, contrastive=contrastive)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
                           start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
     loader = _loader(train_set, sampler, collate, config.workers, ctx)
@@ -405,7 +402,28 @@ def _prepare_run(run: RunDir, config: TrainConfig, resume: bool, ctx: Distribute
     return latest
 
 
-def _label_source(config: TrainConfig, specs: dict) -> LabelSource | None:
+def require_experts(config: TrainConfig) -> dict:
+    """The run's expert specs, checked: unknown or not-ready experts are a clear error (experts
+    run on the fly must be ready to run; read from a label store, only known)."""
+    return get_registry().require(config.experts, live=config.labels is None, settings=config.expert_settings)
+
+
+def training_data(config: TrainConfig, model: Prismer, specs: dict, samples, labels: LabelSource | None,
+                  encoder: Any, describe: bool = False) -> TrainingData:
+    """The dataset a run trains on: its samples through the model's :class:`SampleEncoder` with
+    training's crop and flip (``.encoder.for_evaluation()`` gives the eval-mode one)."""
+    sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
+                                   model.image_mean, model.image_std, specs, encoder)
+    return TrainingData(samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout, describe=describe)
+
+
+def collator(config: TrainConfig, model: Prismer, contrastive: bool = False) -> Collator:
+    """Batches of the run's samples, text through the model's :class:`TextCodec` (with the
+    contrastive pass's descriptions when ``contrastive``)."""
+    return Collator(TextCodec.for_decoder(model.spec.decoder), config.max_text_length, contrastive=contrastive)
+
+
+def label_source(config: TrainConfig, specs: dict) -> LabelSource | None:
     """Where the expert maps come from; a label store is checked here, before any run folder
     is touched (versions, and settings given that differ from those it was made with)."""
     if not specs:
@@ -442,7 +460,7 @@ def _write_run_record(
     })
 
 
-def _label_encoder(specs: dict, checkpoint: Path | None):
+def label_encoder_for(specs: dict, checkpoint: Path | None = None):
     """The label encoder for semantic experts: the checkpoint's own copy when resuming, so
     the maps keep meaning what they meant."""
     if not any(spec.is_semantic for spec in specs.values()):
