@@ -256,6 +256,16 @@ class ModelSpec(_Strict):
     #: Parts whose parameters stay frozen (see PART_NAMES); the rest is trained.
     frozen: tuple[Part, ...] = ()  # type: ignore[valid-type]
 
+    @model_validator(mode="after")
+    def _contrastive_needs_a_bidirectional_decoder(self) -> "ModelSpec":
+        if self.contrastive.enabled and self.decoder.kind != "cross_attention":
+            raise ValueError(
+                "contrastive.enabled needs the cross-attention (RoBERTa-style) decoder, whose layers can read a text "
+                f"bidirectionally; decoder kind {self.decoder.kind!r} is a causal language model, and a bidirectional "
+                "text pass through it is not implemented (set contrastive.enabled: false)"
+            )
+        return self
+
     def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> "ModelSpec":
         """A copy with dotted keys replaced, e.g. ``{"decoder.vocab_size": 50265}``, validated again."""
         data = self.model_dump()

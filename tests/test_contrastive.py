@@ -16,6 +16,7 @@ from prismer_core.data.manifest import load_data
 from prismer_core.data.transforms import PairedTransform
 from prismer_core.demo import generate_demo
 from prismer_core.errors import PrismerError
+from prismer_core.specs import load_spec
 from prismer_core.model import build_model
 from prismer_core.model.contrastive import contrastive_loss
 from prismer_core.text import TextCodec
@@ -171,8 +172,6 @@ def test_the_weight_flag_needs_the_pass_and_defaults_to_one_with_it(demo):
         TrainConfig(data=[str(demo / "train.jsonl")], out="-", contrastive_weight=-1)
 
 
-def test_a_causal_lm_decoder_refuses_the_pass_at_build_time():
-    spec = small_spec(**ON)
-    causal = spec.model_copy(update={"decoder": spec.decoder.model_copy(update={"kind": "causal_lm"})})
+def test_a_causal_lm_decoder_refuses_the_pass_in_its_spec():
     with pytest.raises(PrismerError, match="decoder kind 'causal_lm' is a causal language model"):
-        build_model(causal)
+        load_spec("smol", {"contrastive.enabled": True})

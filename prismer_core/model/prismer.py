@@ -90,8 +90,6 @@ class Prismer(nn.Module):
         self.spec = spec
         self.expert_specs: dict[str, ExpertSpec] = dict(sorted(experts.items()))
         self.encoder = VisionEncoder(spec, self.expert_specs, vision_tower)
-        if spec.contrastive.enabled:
-            _check_contrastive_decoder(spec)
         self.decoder: TextDecoder | CausalLMDecoder
         if spec.decoder.kind == "causal_lm":  # the language side, by the spec's decoder.kind
             if language_model is None:
@@ -383,18 +381,6 @@ class Prismer(nn.Module):
         if ids.shape[0] != images:
             raise PrismerError(f"got {ids.shape[0]} prompts for {images} images")
         return ids, valid
-
-
-def _check_contrastive_decoder(spec: ModelSpec) -> None:
-    """The contrastive pass runs the decoder bidirectionally over text alone; a decoder that is
-    a causal language model (a decoder kind other than the cross-attention one) cannot."""
-    kind = getattr(spec.decoder, "kind", "cross_attention")
-    if kind != "cross_attention":
-        raise PrismerError(
-            f"spec {spec.name!r}: contrastive.enabled needs the cross-attention (RoBERTa-style) decoder, whose layers "
-            f"can read a text bidirectionally; decoder kind {kind!r} is a causal language model, and a bidirectional "
-            "text pass through it is not implemented (set contrastive.enabled: false)"
-        )
 
 
 @contextmanager
