@@ -271,9 +271,17 @@ def _worker(job: _Job, number: int, processes: int, threads: int, messages: Any)
                 if position % processes == number for item in batch]
         runner = ExpertRunner(job.experts, device=job.device, settings=job.settings)
         report = LabelReport()
+        parent = multiprocessing.parent_process()
+
+        def advance(images: int, labelled: int) -> None:
+            # A parent killed outright (SIGKILL, OOM) cannot stop its workers; they notice
+            # here, between whole batches, so an orphan writes nothing more and leaves no .tmp.
+            if parent is not None and not parent.is_alive():
+                sys.exit(1)
+            messages.put((number, "advance", (images, labelled)))
+
         _label_sources(mine, runner, LabelStore(job.out), job.batch_size, job.visualize, job.skip_bad_images, report,
-                       lambda images, labelled: messages.put((number, "advance", (images, labelled))),
-                       lambda text: messages.put((number, "skipped", text)))
+                       advance, lambda text: messages.put((number, "skipped", text)))
         messages.put((number, "done", {"skipped_done": report.skipped_done, "files_written": report.files_written,
                                        "bad_images": report.bad_images}))
     except Exception as exc:  # the parent stops everything and says this one line

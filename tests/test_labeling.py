@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image, ImageDraw
 
@@ -20,6 +21,12 @@ from prismer_core.data.label_store import LabelStore
 
 PRISMER = [sys.executable, "-m", "prismer_cli.main"]
 ENV = {**os.environ, "PRISMER_LOAD_PLUGINS": "edge"}
+
+
+def wait_for_files(folder: Path, count: int, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while len(list(folder.rglob("*.npz"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def make_images(folder: Path, count: int, size: int = 96) -> list[Path]:
@@ -83,13 +90,14 @@ def test_store_records_settings_and_refuses_to_mix_in_other_ones(run, tmp_path):
 def test_killed_run_resumes_without_redoing_finished_images(run, tmp_path):
     make_images(tmp_path / "images", 150, size=256)
     out = tmp_path / "store"
+    workers = 2
     command = [*PRISMER, "label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out),
-               "--visualize", "--batch-size", "1"]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list((out / "edge").rglob("*.npz"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
+               "--visualize", "--batch-size", "1", "--workers", str(workers)]
+    # its own process group, killed whole: the machine dies under the parent and its workers at once
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    wait_for_files(out / "edge", 10)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished = {p: p.stat().st_mtime_ns for p in (out / "edge").rglob("*.npz")}
     assert 10 <= len(finished) < 150, "the kill should land midway"
@@ -97,15 +105,34 @@ def test_killed_run_resumes_without_redoing_finished_images(run, tmp_path):
         os.utime(leftover, (time.time() - 3600, time.time() - 3600))
 
     result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out), "--visualize", "--batch-size", "1")
-    redone = 150 - int(result.stdout.split("labelled ")[1].split(" ")[0])
-    assert redone >= len(finished) - 1  # at most the image in flight when killed is redone
+    kept = 150 - int(result.stdout.split("labelled ")[1].split(" ")[0])
+    assert kept >= len(finished) - workers  # at most the image each worker had in flight is redone
     files = list((out / "edge").rglob("*.npz"))
     assert len(files) == 150
     for path in files:  # every file is complete and readable
         assert LabelStore(out).read("edge", path.stem).data.shape == (256, 256, 1)
     unchanged = [p for p, t in finished.items() if p.stat().st_mtime_ns == t]
-    assert len(unchanged) >= len(finished) - 1
+    assert len(unchanged) >= len(finished) - workers
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_workers_of_a_killed_parent_stop_writing(tmp_path):
+    make_images(tmp_path / "images", 150, size=256)
+    out = tmp_path / "store"
+    command = [*PRISMER, "label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out),
+               "--batch-size", "1", "--workers", "2"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_files(out / "edge", 4)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers, "--workers 2 labels in child processes"
+    process.send_signal(signal.SIGKILL)  # the parent alone: nothing is left to terminate the workers
+    process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    for worker in alive:
+        worker.kill()
+    assert not alive, "orphaned labelling workers kept running after their parent was killed"
+    assert len(list((out / "edge").rglob("*.npz"))) < 150
+    assert not list(out.rglob(".*.tmp"))  # each worker stopped between whole batches
 
 
 def test_corrupt_image_stops_with_its_name_and_leaves_no_partial_files(run, tmp_path):
