@@ -115,7 +115,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
 def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console, show_progress: bool) -> TrainResult:
     if config.spec is not None:  # a contrastive weight the spec cannot use is refused before any work
-        _refuse_distributed_contrastive(config.contrastive_weight_for(load_spec(config.spec, config.spec_overrides or None)) > 0, ctx)
+        config.contrastive_weight_for(load_spec(config.spec, config.spec_overrides or None))
     specs = require_experts(config)
     parent = _parent(config, specs) if config.init_from and not resume else None
     labels = label_source(config, specs)
@@ -157,7 +157,6 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
 
     model = engine.model
     contrastive = config.contrastive_weight_for(model.spec) > 0  # the model's spec: with --init-from, its parent's
-    _refuse_distributed_contrastive(contrastive, ctx)
     train_set = training_data(config, model, specs, data.samples, labels, encoder, describe=contrastive)
     collate = collator(config, model, contrastive=contrastive)
     sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
@@ -367,15 +366,6 @@ def _loader(dataset: TrainingData, sampler: StepSampler, collate: Collator, work
         pin_memory=ctx.device.type == "cuda", worker_init_fn=_ignore_sigint_in_worker if workers else None,
         prefetch_factor=4 if workers else None,
     )
-
-
-def _refuse_distributed_contrastive(contrastive: bool, ctx: Distributed) -> None:
-    if contrastive and ctx.world_size > 1:
-        raise PrismerError(
-            "not implemented correctly yet: the contrastive pass across several processes gets a gradient that "
-            "differs from one process's (tests/test_train_distributed.py, issue 15); train it in one process, "
-            "or pass --contrastive-weight 0"
-        )
 
 
 def _prepare_run(run: RunDir, config: TrainConfig, resume: bool, ctx: Distributed) -> tuple[int, Path] | None:
