@@ -143,7 +143,10 @@ class Probe:
             keep = set(list(dict.fromkeys(s.image.name for s in train))[: args.train_images])
             train = [s for s in train if s.image.name in keep]
         val = load_data([str(args.data / "val.jsonl")], ["caption", "vqa"]).samples
-        self.train_data = training_data(config, m, specs, train, self.labels, encoder)
+        #: MaMMUT's contrastive pass trains beside the generative one when the spec has it
+        self.contrastive_weight = config.contrastive_weight_for(m.spec)
+        contrastive = self.contrastive_weight > 0
+        self.train_data = training_data(config, m, specs, train, self.labels, encoder, describe=contrastive)
         self.eval_encoder = self.train_data.encoder.for_evaluation()
 
         def plain(samples):
@@ -158,7 +161,7 @@ class Probe:
         self.targets = {k: self._targets(d.samples) for k, d in self.probe_sets.items()}
         vqa = [s for s in val if s.task == "vqa"]
         self.vqa = vqa[: args.vqa_limit] if args.vqa_limit else vqa
-        self.collate = collator(config, m)
+        self.collate = collator(config, m, contrastive=contrastive)
         self.latents = m.encoder.resampler.latents.shape[0] if m.encoder.resampler is not None else 0
         self.rgb_tokens = m.encoder.grid ** 2
 
@@ -270,10 +273,14 @@ class Probe:
         record = {"step": 0, **self.measure(), "seconds": 0.0}
         records.append(self._emit(record))
         window = defaultdict(list)
-        losses = []
+        losses, contrastive_losses = [], []
         model.train()
         for step, batch in enumerate(loader, start=1):
-            loss = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss
+            output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+            loss = output.loss
+            if output.contrastive_loss is not None:
+                contrastive_losses.append(output.contrastive_loss.item())
+                loss = loss + self.contrastive_weight * output.contrastive_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = defaultdict(float)
@@ -288,13 +295,15 @@ class Probe:
                 torch.nn.utils.clip_grad_norm_([p for p in names], config.grad_clip)
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
+            losses.append(output.loss.item())  # the generative loss alone
             if measure_update:
                 update, weight = defaultdict(float), defaultdict(float)
                 for p, part in names.items():
                     update[part] += float((p.detach() - before[p]).pow(2).sum())
                     weight[part] += float(p.detach().pow(2).sum())
                 record = {"step": step, "loss": round(float(np.mean(losses[-args.every:])), 4)}
+                if contrastive_losses:
+                    record["contrastive_loss"] = round(float(np.mean(contrastive_losses[-args.every:])), 4)
                 record["grad"] = {k[5:]: round(float(np.mean(v)), 4) for k, v in window.items()}
                 record["update"] = {part: float(f"{math.sqrt(update[part] / max(weight[part], 1e-30)):.2e}") for part in update}
                 record.update(self.measure())
