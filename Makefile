@@ -33,7 +33,7 @@ browser:
 
 test: $(STAMP) browser
 	cd $(EXAMPLE_PLUGIN) && ../../$(BIN)/python -m pytest -q -p no:cacheprovider tests
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: $(STAMP)
 	$(BIN)/prismer demo --out demo_out
