@@ -80,6 +80,10 @@ class DemoSettings:
     #: The random tiny ViT stays frozen, as the paper's pre-trained one does: trained from
     #: scratch on 256 scenes its output collapsed to the same tokens for every image within 100
     #: steps, and both runs then answered from the language prior alone (VQA accuracy 0.17).
+    #: That collapse is the generative loss's: with the contrastive pass (on by default since)
+    #: a trainable tower keeps its images apart, and PrismerZ scored 0.327 on validation VQA
+    #: against 0.293 frozen (1000 steps, one seed; docs/benchmarks.md, issue 13): a candidate
+    #: for dropping this override once several seeds confirm it.
     frozen: tuple[str, ...] = ("vision.backbone", "vision.embeddings")
     #: The RGB tokens do not attend to the expert latents (spec ``resampler.rgb_attends_latents``),
     #: so they stay what the frozen ViT makes of the image. With the paper's full attention the
