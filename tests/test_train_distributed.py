@@ -202,3 +202,23 @@ def test_contrastive_negatives_come_from_the_global_batch_and_ddp_gets_its_exact
     for name, grad in single.items():
         assert torch.allclose(distributed[name], grad, atol=1e-6, rtol=1e-4), f"{name}: gradient differs from one process's"
     assert single["contrastive.image_proj.weight"].abs().sum() > 0 and single["decoder.embed.tokens.weight"].abs().sum() > 0
+
+
+def test_deepspeed_runs_in_one_plain_process_and_leaves_no_group_behind(demo, tmp_path, monkeypatch):
+    # `prismer train --device cuda` picks DeepSpeed without torchrun; DeepSpeed then wants a
+    # process group and torchrun's variables, and looked for MPI (mpi4py) without them.
+    import torch.distributed as dist
+
+    from prismer_core.train.config import TrainConfig
+    from prismer_core.train.trainer import train
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", ENV["TORCH_EXTENSIONS_DIR"])
+    config = TrainConfig(data=[str(demo / "train.jsonl")], out=str(tmp_path / "run"), engine="deepspeed", spec="tiny",
+                         spec_overrides={"image_size": 32}, batch_size=4, max_steps=2, workers=0).validate()
+    result = train(config, show_progress=False)
+    assert result.step == 2 and json.loads((tmp_path / "run" / "run.json").read_text())["engine"] == "deepspeed"
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "trainer" / "deepspeed").is_dir()
+    assert not dist.is_initialized()  # the group of one is closed with the run
+    assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +48,18 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
-        if self.active and dist.is_initialized():
+        global _GROUP_STARTED_HERE
+        if _GROUP_STARTED_HERE and dist.is_initialized():
             dist.destroy_process_group()
+        _GROUP_STARTED_HERE = False
+        while _ENVIRONMENT_SET_HERE:
+            os.environ.pop(_ENVIRONMENT_SET_HERE.pop(), None)
+
+
+#: Whether this module started the process group (so that ``close`` ends only its own), and
+#: the torchrun variables it set for a group of one (removed again by ``close``).
+_GROUP_STARTED_HERE = False
+_ENVIRONMENT_SET_HERE: list[str] = []
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -76,8 +87,33 @@ def setup_distributed(device: str = "auto") -> Distributed:
     if world_size > 1 and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        _init_group(chosen)
     return Distributed(rank, world_size, local_rank, chosen)
+
+
+def ensure_process_group(ctx: Distributed) -> None:
+    """A group of one for a run started as a plain process, for DeepSpeed, which needs a group
+    and torchrun's variables even then: without them it looks for MPI (``mpi4py``) and fails.
+    The variables are set as torchrun would set them for one process."""
+    if dist.is_initialized():
+        return
+    if ctx.active:
+        raise PrismerError(f"WORLD_SIZE is {ctx.world_size} but no process group was started (use setup_distributed)")
+    with socket.socket() as probe:  # a free port on this machine for the group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        if name not in os.environ:
+            os.environ[name] = value
+            _ENVIRONMENT_SET_HERE.append(name)
+    _init_group(ctx.device)
+
+
+def _init_group(device: torch.device) -> None:
+    global _GROUP_STARTED_HERE
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    _GROUP_STARTED_HERE = True
 
 
 def deepspeed_installed() -> bool:

@@ -25,7 +25,7 @@ from ..data.dataset import Batch
 from ..text import IGNORE_INDEX
 from ..model.prismer import part_of
 from .config import TrainConfig
-from .distributed import Distributed
+from .distributed import Distributed, ensure_process_group
 from .state import load_pickled_state, load_training_state, read_extra, save_training_state
 
 DEEPSPEED_TAG = "deepspeed"
@@ -185,6 +185,7 @@ class DeepSpeedEngine(Engine):
         import deepspeed
 
         self.config, self.ctx = config, ctx
+        ensure_process_group(ctx)  # one plain process too (`prismer train --device cuda` picks DeepSpeed)
         self.dtype = choose_precision(config.precision, ctx.device)
         model = model.to(ctx.device)
         optimizer, scheduler = make_optimizer(model, config, ctx.device)
