@@ -23,7 +23,7 @@ from prismer_core.train.utilisation import peak_flops
 
 pytestmark = pytest.mark.cuda
 
-STEPS = 12
+STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def accelerator(request) -> str:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cuda")
-    generate_demo(folder / "data", n=24, seed=5, size=64)
+    generate_demo(folder / "data", n=16, seed=5, size=64)
     demo_tokenizer(folder / "tokenizer", folder / "data" / "train.jsonl")
     return folder
 
