@@ -51,8 +51,10 @@ MODULES = ("torch", "torchvision", "transformers", "open_clip", "deepspeed", "ul
 #: The built-in experts whose registration (entry points) shows the project is installed.
 EXPERTS = ("depth", "edge", "noise", "normal", "objdet", "ocr", "seg")
 GPU_EXPERT_CASES = "depth,seg-mask2former,objdet"
-#: Seconds kept back from the budget to write the results.
-RESERVE_S = 5
+#: Seconds kept back from the budget to write the results, and the least worth starting a part with.
+RESERVE_S, MIN_PART_S = 5, 10
+#: Seconds a part's processes get to end after SIGTERM, at its time limit, before SIGKILL.
+GRACE_S = 5
 
 
 @dataclass(frozen=True)
@@ -195,26 +197,29 @@ PARTS = (
 def run_part(run: Run, part: Part) -> dict:
     """Run ``part``'s commands within its limit (and the budget); its record for the report.
     Their output goes to a log of the part's own, added to the main log when the part ends."""
-    limit = min(run.mode.limits[part.name], run.deadline - time.monotonic() - RESERVE_S)
+    left = run.deadline - time.monotonic() - RESERVE_S
+    limit = min(run.mode.limits[part.name], left)
     record: dict = {"ok": False, "seconds": 0.0, "limit_s": round(limit), "error": None, "result": None}
     log = run.work / f"{part.name}.log"
     start = time.monotonic()
-    if limit < 10:
+    if left < MIN_PART_S:
         record["error"] = "skipped: the time budget was spent"
     else:
+        errors = []
         try:
             commands = part.commands(run)
             record["commands"] = [" ".join(command) for command in commands]
-            for command in commands:
-                error = _execute(run, command, limit - (time.monotonic() - start), log)
-                if error:
-                    record["error"] = error
-                    break
-            else:
+            for command in commands:  # all of them: the install's check says what a failed step left
+                left = limit - (time.monotonic() - start)
+                error = _execute(run, command, left, log) if left >= 1 else f"not run, no time left: {' '.join(command[:4])}"
+                errors += [error] if error else []
+            try:
                 record["result"] = part.result(run)
-                record["ok"] = True
+            except Exception as exc:  # no result, or an unreadable one: an error of its own when the commands succeeded
+                errors += [] if errors else [f"no result: {type(exc).__name__}: {exc}"]
         except Exception as exc:  # a part's error is recorded; the other parts still run
-            record["error"] = f"{type(exc).__name__}: {exc}"
+            errors.append(f"{type(exc).__name__}: {exc}")
+        record["ok"], record["error"] = not errors, "; ".join(errors) or None
     record["seconds"] = round(time.monotonic() - start, 1)
     output = log.read_text(errors="replace") if log.exists() else ""
     status = "ok" if record["ok"] else f"FAILED: {record['error']}"
@@ -250,7 +255,7 @@ def _kill_group(child: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
         try:
-            child.wait(timeout=10)
+            child.wait(timeout=GRACE_S)
             return
         except subprocess.TimeoutExpired:
             continue
