@@ -131,8 +131,10 @@ def install_commands(run: Run) -> list[list[str]]:
 
 
 def cuda_test_commands(run: Run) -> list[list[str]]:
-    command = [run.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", *CUDA_TEST_FILES,
-               "--junitxml", str(run.work / "cuda_tests.xml")]
+    # -v: each test's outcome reaches the log as it ends; a test still running after 60 s has
+    # its stack written there (faulthandler), should the part's limit end it
+    command = [run.python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=60",
+               "-m", "cuda", *CUDA_TEST_FILES, "--junitxml", str(run.work / "cuda_tests.xml")]
     return [command + (["--accelerator", "cpu"] if run.mode is DRY_RUN else [])]
 
 

@@ -78,14 +78,6 @@ def test_training_on_the_device_lowers_the_loss_and_reports_mfu(trained_run, acc
         assert all(0 < row["mfu"] < 1 for row in rows if "images_per_s" in row)
 
 
-def test_the_default_engine_trains_on_one_device(demo, accelerator):
-    out = demo / "default-run"
-    result = train(demo, out, accelerator, "--max-steps", "2")
-    assert "trained to step 2" in result.stdout
-    record = json.loads((out / "run.json").read_text())
-    assert record["engine"] == ("deepspeed" if on_gpu(accelerator) and deepspeed_installed() else "plain")
-
-
 def test_answers_ranked_on_the_device_score_as_on_the_cpu(trained_run, demo, accelerator):
     rows = [json.loads(line) for line in (demo / "data" / "test.jsonl").read_text().splitlines()]
     questions = [row for row in rows if "question" in row][:2]
@@ -109,3 +101,13 @@ def test_captions_in_bf16_on_the_device(trained_run, demo, accelerator):
     lines = result.stdout.strip().splitlines()[-len(images):]
     assert [line.split(": ", 1)[0] for line in lines] == [str(image) for image in images]
     assert all(len(line.split(": ", 1)[1].split()) >= 2 for line in lines)
+
+
+def test_the_default_engine_trains_on_one_device(demo, accelerator):
+    """Last in this file: on a GPU with DeepSpeed this is DeepSpeed in one process, launched
+    without torchrun (what `prismer train --device cuda` does), the least tried path."""
+    out = demo / "default-run"
+    result = train(demo, out, accelerator, "--max-steps", "2")
+    assert "trained to step 2" in result.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["engine"] == ("deepspeed" if on_gpu(accelerator) and deepspeed_installed() else "plain")
