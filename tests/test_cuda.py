@@ -35,7 +35,7 @@ def accelerator(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
+def demo(accelerator, tmp_path_factory) -> Path:  # after the accelerator: no data made to be skipped
     folder = tmp_path_factory.mktemp("cuda")
     generate_demo(folder / "data", n=16, seed=5, size=64)
     demo_tokenizer(folder / "tokenizer", folder / "data" / "train.jsonl")
