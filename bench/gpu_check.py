@@ -114,7 +114,7 @@ class Run:
 @dataclass(frozen=True)
 class Part:
     name: str
-    #: the commands to run, in order (each must succeed)
+    #: the commands to run, in order: all of them, the part ok only when each succeeds
     commands: Callable[[Run], list[list[str]]]
     #: the part's result from its files (raises when they are missing or wrong)
     result: Callable[[Run], dict]
