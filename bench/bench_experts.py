@@ -9,6 +9,8 @@ says which model each row ran.
 
     .venv/bin/python bench/bench_experts.py [--images 4] [--batch 4] [--device cpu] [--only seg-sam,...]
 
+``--device cuda`` times them on a GPU (bench/gpu_check.sh: depth, seg-mask2former, objdet).
+
 Prints a markdown table (paste it into docs/benchmarks.md with the machine and date).
 Only the expert's own predict() is timed: a dependency (depth, for normal) runs before the
 clock starts, and loading and one warm-up batch are not counted (segment-anything, at minutes
@@ -157,6 +159,43 @@ class Weights:
         return yolo11n(self.root / "yolo11n.pt")
 
 
+class TinyWeights(Weights):
+    """The test suite's tiny models (tests/expert_models.py) in place of the real-size ones: the
+    same loading and predict code in seconds, to check this script end to end
+    (``--tiny``, bench/gpu_check.sh --dry-run). Their rates mean nothing."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import expert_models
+
+        self.models = expert_models
+
+    @cached_property
+    def hed(self) -> str:
+        return str(self.models.hed_weights(self.root / "hed.safetensors"))
+
+    @cached_property
+    def depth(self) -> str:
+        return str(self.models.depth_anything(self.root / "depth"))
+
+    @cached_property
+    def mask2former(self) -> str:
+        return str(self.models.mask2former_ade(self.root / "seg"))
+
+    @cached_property
+    def sam(self) -> str:
+        return str(self.models.sam_checkpoint(self.root / "sam.pth"))
+
+    @cached_property
+    def clip(self) -> str:
+        return self.models.open_clip_dir(self.root / "clip")
+
+    @cached_property
+    def yolo(self) -> str:
+        return str(self.models.yolo_checkpoint(self.root / "yolov8n.pt"))
+
+
 #: (case id, expert, what ran, settings given the weights)
 CASES: list[tuple[str, str, str, Callable[[Weights], dict]]] = [
     ("edge-canny", "edge", "Canny (OpenCV), no weights", lambda w: {}),
@@ -246,14 +285,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per predict() call")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="", help="comma-separated case ids (default: all)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="image sizes, comma-separated")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the test suite's tiny models instead of real-size ones (checks the script; rates mean nothing)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
     os.environ.setdefault("YOLO_OFFLINE", "1")
 
     only = {c for c in args.only.split(",") if c}
     print(f"Machine: {machine()}\n", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory(prefix="prismer-bench-") as tmp:
-        weights = Weights(Path(tmp))
+        weights = (TinyWeights if args.tiny else Weights)(Path(tmp))
         for case, expert, what, settings in CASES:
             if only and case not in only:
                 continue
@@ -262,14 +306,20 @@ def main() -> None:
             rates = [
                 measure(expert, settings(weights), photos(size, count), min(args.batch, count), args.device,
                         naming=case == "seg-sam-naming", warm_up=not slow)
-                for size in SIZES
+                for size in sizes
             ]
-            rows.append((case, what, count, rates))
+            rows.append((case, "tests/expert_models.py's tiny model (the rate means nothing)" if args.tiny else what, count, rates))
             print(f"{case}: " + ", ".join(f"{r:.3g} img/s" for r in rates), file=sys.stderr)
-    print(f"| expert | model run | images | {' | '.join(f'{s}×{s} img/s' for s in SIZES)} |")
-    print("|---|---|---|" + "---|" * len(SIZES))
+    print(f"| expert | model run | images | {' | '.join(f'{s}×{s} img/s' for s in sizes)} |")
+    print("|---|---|---|" + "---|" * len(sizes))
     for case, what, count, rates in rows:
         print(f"| {case} | {what} | {count} | {' | '.join(f'{r:.3g}' for r in rates)} |")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": machine(), "device": args.device, "tiny": args.tiny, "batch": args.batch,
+            "rows": [{"case": case, "model": what, "images": count, "images_per_s": dict(zip(map(str, sizes), rates))}
+                     for case, what, count, rates in rows],
+        }, indent=2))
 
 
 if __name__ == "__main__":

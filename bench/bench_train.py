@@ -15,9 +15,12 @@ right kind for the other four (smooth depth, normals, segment and box label maps
 instances): the loader and model costs are those of six experts, the experts' own inference
 is not included (see the "Experts" section for that).
 
-``--gpu`` instead measures the base spec (random init, shapes of ViT-B/16 + RoBERTa-base)
-with DeepSpeed ZeRO-2 in bf16 on synthetic batches: images/s and peak GPU memory. Run it
-under ``torchrun --nproc_per_node N bench/bench_train.py --gpu``.
+``--gpu`` instead measures training steps of one engine on synthetic batches: the base spec
+(random init, shapes of ViT-B/16 + RoBERTa-base) with no experts and with six, DeepSpeed
+ZeRO-2 (``--engine ddp`` or ``plain`` for comparison) in bf16: images/s, MFU against the GPU's
+datasheet bf16 peak, and peak GPU memory. Run it under
+``torchrun --nproc_per_node N bench/bench_train.py --gpu``; bench/gpu_check.sh does, and its dry
+run checks the same code on the CPU (``--device cpu --spec tiny --spec-set image_size=32``).
 
     .venv/bin/python bench/bench_train.py            # prints a markdown table, writes JSON
 """
@@ -181,62 +184,75 @@ def cpu_bench(args) -> dict:
     return results
 
 
-def gpu_bench(args) -> dict:
-    """Base shapes, DeepSpeed ZeRO-2, bf16, synthetic batches (no tokenizer or weights needed)."""
+def engine_bench(args) -> dict:
+    """Training steps of one engine on synthetic batches (no tokenizer, data or weights needed):
+    images/s, MFU and peak GPU memory, for each expert set. The base spec by default, random
+    init, bf16; on the CPU (``--device cpu``) the same code checks itself with tiny shapes."""
     import torch
+    import torch.distributed as dist
 
+    from bench_model import _batch
     from prismer_core.data.dataset import Batch
-    from prismer_core.inputs import ModelInputs
     from prismer_core.model import build_model
     from prismer_core.registry import get_registry
     from prismer_core.specs import load_spec
     from prismer_core.train.config import TrainConfig
-    from prismer_core.train.distributed import setup_distributed
+    from prismer_core.train.distributed import choose_engine, setup_distributed
     from prismer_core.train.engine import make_engine
     from prismer_core.train.utilisation import counted_flops, mfu
 
-    ctx = setup_distributed("auto")
-    if ctx.device.type != "cuda":
-        raise SystemExit("--gpu needs a GPU")
+    ctx = setup_distributed(args.device)
+    if ctx.device.type != "cuda" and args.device == "auto":
+        raise SystemExit("--gpu found no GPU here (--device cpu runs the same measurement on the CPU)")
+    cuda = ctx.device.type == "cuda"
+    engine_name = choose_engine(args.engine, ctx)  # ddp in one process is the plain engine
+    overrides = {"vision.pretrained": None, "decoder.weights": None, **args.spec_set}
     registry = get_registry()
-    results: dict = {"machine": machine(), "gpu": torch.cuda.get_device_name(ctx.device), "world_size": ctx.world_size, "rows": []}
-    for experts in ((), SIX):
+    results: dict = {
+        "machine": machine(), "device": str(ctx.device), "gpu": torch.cuda.get_device_name(ctx.device) if cuda else None,
+        "world_size": ctx.world_size, "engine": engine_name, "precision": args.precision, "spec": args.spec,
+        "spec_overrides": overrides, "batch_size": args.batch_size, "steps": args.steps,
+        "warmup_steps": args.warmup_steps + 1, "rows": [],
+    }
+    for experts in args.expert_sets:
+        torch.manual_seed(0)
         specs = {name: registry.entry(name).spec for name in experts}
-        spec = load_spec("base", {"vision.pretrained": None, "decoder.weights": None})
-        model = build_model(spec, specs)
-        config = TrainConfig(data=["-"], out="-", batch_size=args.batch_size, max_steps=args.steps + 3, precision="bf16",
-                             engine="deepspeed").validate()
-        torch.cuda.reset_peak_memory_stats(ctx.device)
-        engine = make_engine("deepspeed", model, config, ctx)
-        size, count = spec.image_size, args.batch_size
-        inputs = ModelInputs(torch.randn(count, 3, size, size))
-        for name, expert in specs.items():
-            inputs.experts[name] = torch.randn(count, 64 if expert.is_semantic else expert.channels, size, size).clamp(-1, 1)
-            if expert.has_instances:
-                inputs.instances[name] = torch.randint(0, 8, (count, size, size))
-        ids = torch.randint(5, spec.decoder.vocab_size, (count, 32))
+        model = build_model(load_spec(args.spec, overrides), specs)
+        config = TrainConfig(data=["-"], out="-", batch_size=args.batch_size, max_steps=args.steps + args.warmup_steps + 1,
+                             precision=args.precision, engine=engine_name).validate()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        engine = make_engine(engine_name, model, config, ctx)
+        count = args.batch_size
+        ids = torch.randint(5, model.spec.decoder.vocab_size, (count, 32))
         labels = ids.clone()
-        labels[:, :8] = -100
-        batch = Batch(inputs, ids, torch.ones_like(ids), labels, ["caption"] * count, [])
-        _, flops = counted_flops(lambda: engine.step(batch))
-        for _ in range(2):
+        labels[:, :8] = -100  # the prompt
+        batch = Batch(_batch(model, count), ids, torch.ones_like(ids), labels, ["caption"] * count, [])
+        first_loss, flops = counted_flops(lambda: engine.step(batch))  # also the first warm-up step
+        finish = (lambda: torch.cuda.synchronize(ctx.device)) if cuda else (lambda: None)
+        for _ in range(args.warmup_steps):
             engine.step(batch)
-        torch.cuda.synchronize(ctx.device)
+        finish()
         start = time.perf_counter()
         for _ in range(args.steps):
-            engine.step(batch)
-        torch.cuda.synchronize(ctx.device)
+            last_loss = engine.step(batch)
+        finish()
         seconds = time.perf_counter() - start
         images_per_s = args.steps * count * ctx.world_size / seconds
         utilisation = mfu(images_per_s, flops / count, str(ctx.device), ctx.world_size)
         results["rows"].append({
-            "experts": len(experts), "images_per_s": round(images_per_s, 1),
-            "mfu": round(utilisation, 4) if utilisation is not None else None, "flops_per_image": flops / count,
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2),
+            "experts": list(experts), "images_per_s": round(images_per_s, 2), "step_seconds": round(seconds / args.steps, 4),
+            "mfu": round(utilisation, 5) if utilisation is not None else None, "flops_per_image": flops / count,
+            "loss_first": round(first_loss, 4), "loss_last": round(last_loss, 4),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if cuda else None,
         })
+        print(json.dumps(results["rows"][-1]), file=sys.stderr, flush=True)
         del engine, model
-        torch.cuda.empty_cache()
-    return results
+        if cuda:
+            torch.cuda.empty_cache()
+    if dist.is_initialized():  # DeepSpeed joins a group even for one process; leave it before exit
+        dist.destroy_process_group()
+    return results if ctx.is_main else None
 
 
 def machine() -> dict:
@@ -268,10 +284,27 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="timed loader batches")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--gpu", action="store_true", help="base spec, DeepSpeed ZeRO-2, bf16 (needs GPUs)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="engine steps on synthetic batches: base spec, DeepSpeed ZeRO-2, bf16 (run under torchrun)")
+    engine = parser.add_argument_group("--gpu settings")
+    engine.add_argument("--engine", default="deepspeed", choices=("deepspeed", "ddp", "plain"))
+    engine.add_argument("--device", default="auto", help="auto (this process's GPU), cuda, or cpu to check the script")
+    engine.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    engine.add_argument("--spec", default="base")
+    engine.add_argument("--spec-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a spec field, e.g. image_size=32 (repeatable)")
+    engine.add_argument("--expert-sets", default="none,six", help="comma-separated: none (PrismerZ), six")
+    engine.add_argument("--warmup-steps", type=int, default=2, help="untimed steps after the first (FLOP-counted) one")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    results = gpu_bench(args) if args.gpu else cpu_bench(args)
+    if args.gpu:
+        import yaml
+
+        args.spec_set = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.spec_set)}
+        args.expert_sets = [{"none": (), "six": SIX}[name] for name in args.expert_sets.split(",")]
+    results = engine_bench(args) if args.gpu else cpu_bench(args)
+    if results is None:  # not the main process
+        return
     print(json.dumps(results, indent=2) if args.gpu else markdown(results))
     print(json.dumps(results["machine"]), file=sys.stderr)
     if args.json:

@@ -11,6 +11,14 @@ from plugin_helpers import REPO, build_test_plugins, copy_package, install, run_
 EXAMPLE_PLUGIN = REPO / "plugins" / "prismer-saliency"
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--accelerator", default="cuda",
+        help="the device of the tests marked cuda (tests/test_cuda.py); cpu runs them without a GPU, as "
+             "bench/gpu_check.sh --dry-run does",
+    )
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> Path:
     """A folder with the example plugin and every test plugin pip-installed into it.

@@ -52,6 +52,16 @@ def demo_tokenizer(folder: Path, manifest: Path) -> Path:
     return folder
 
 
+def small_spec(tokenizer: Path) -> dict:
+    """Overrides of the tiny spec for the shared model: 32-pixel images, 2 decoder layers, one
+    resampler layer with 8 latents, and ``tokenizer``'s vocabulary."""
+    return {
+        "image_size": 32, "decoder.layers": 2, "decoder.tokenizer": str(tokenizer),
+        "decoder.vocab_size": _vocab_size(tokenizer),
+        "decoder.max_positions": 64, "resampler.layers": 1, "resampler.latents": 8,
+    }
+
+
 def trained_demo(base: Path, steps: int = 40, experts: list[str] | None = None, contrastive: bool = False,
                  batch_size: int = 8, lr: float = 3e-3) -> TrainedDemo:
     """Generate the demo data under ``base`` and train on it (once per session and ``base``):
@@ -65,9 +75,7 @@ def trained_demo(base: Path, steps: int = 40, experts: list[str] | None = None, 
     generate_demo(demo, n=40, seed=3, size=64)
     tokenizer = demo_tokenizer(base / "tokenizer", demo / "train.jsonl")
     overrides = {
-        "image_size": 32, "decoder.layers": 2, "decoder.tokenizer": str(tokenizer),
-        "decoder.vocab_size": _vocab_size(tokenizer),
-        "decoder.max_positions": 64, "resampler.layers": 1, "resampler.latents": 8,
+        **small_spec(tokenizer),
         **({"contrastive.enabled": True, "contrastive.dim": 64} if contrastive else {}),
     }
     config = TrainConfig(
