@@ -9,7 +9,7 @@ import shlex
 
 def test_demo_runs_every_stage_and_its_eval_commands_reproduce_the_table(cli, tmp_path):
     out = tmp_path / "demo"
-    result = cli("demo", "--out", out, "--n", "6", "--steps", "2")
+    result = cli("demo", "--out", out, "--n", "6", "--steps", "2", "--contrastive")  # both passes: every report
 
     assert sorted(p.name for p in (out / "data").glob("*.jsonl")) == ["test.jsonl", "train.jsonl", "val.jsonl"]
     store = json.loads((out / "labels" / "store.json").read_text())
