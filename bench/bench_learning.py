@@ -259,7 +259,7 @@ class Probe:
 
     def run(self) -> list[dict]:
         from prismer_core.model.prismer import part_of
-        from prismer_core.train.engine import make_optimizer
+        from prismer_core.train.engine import make_optimizer, training_objective
         from prismer_core.train.sampler import StepSampler
 
         args, config, model = self.args, self.config, self.model
@@ -277,10 +277,9 @@ class Probe:
         model.train()
         for step, batch in enumerate(loader, start=1):
             output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
-            loss = output.loss
+            loss = training_objective(output, self.contrastive_weight)
             if output.contrastive_loss is not None:
                 contrastive_losses.append(output.contrastive_loss.item())
-                loss = loss + self.contrastive_weight * output.contrastive_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = defaultdict(float)

@@ -85,6 +85,13 @@ def label_tokens(labels: torch.Tensor) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
+def training_objective(output, contrastive_weight: float) -> torch.Tensor:
+    """The generative loss, plus the contrastive one times its weight when the model made one."""
+    if output.contrastive_loss is None or not contrastive_weight:
+        return output.loss
+    return output.loss + contrastive_weight * output.contrastive_loss
+
+
 class Engine:
     """Common surface: ``step``, ``evaluate``, ``save_state``/``load_state``, ``model``."""
 
@@ -103,14 +110,12 @@ class Engine:
         self.last_contrastive: float | None = None
 
     def objective(self, output) -> torch.Tensor:
-        """What a step minimises: the generative loss, plus the weighted contrastive one (kept
-        in ``last_contrastive``; the step itself reports the generative loss, comparable with
-        a run without the contrastive pass)."""
-        if output.contrastive_loss is None or not self.contrastive_weight:
-            self.last_contrastive = None
-            return output.loss
-        self.last_contrastive = float(output.contrastive_loss.detach().float())
-        return output.loss + self.contrastive_weight * output.contrastive_loss
+        """What a step minimises (:func:`training_objective`); the contrastive loss is kept in
+        ``last_contrastive``, and the step itself reports the generative loss, comparable with
+        a run without the contrastive pass."""
+        uses_contrastive = output.contrastive_loss is not None and bool(self.contrastive_weight)
+        self.last_contrastive = float(output.contrastive_loss.detach().float()) if uses_contrastive else None
+        return training_objective(output, self.contrastive_weight)
 
     def autocast(self):
         if self.dtype == torch.float32:
