@@ -259,7 +259,7 @@ class Probe:
 
     def run(self) -> list[dict]:
         from prismer_core.model.prismer import part_of
-        from prismer_core.train.engine import make_optimizer, training_objective
+        from prismer_core.train.engine import clip_each_and_sum, make_optimizer, training_losses
         from prismer_core.train.sampler import StepSampler
 
         args, config, model = self.args, self.config, self.model
@@ -277,11 +277,15 @@ class Probe:
         model.train()
         for step, batch in enumerate(loader, start=1):
             output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
-            loss = training_objective(output, self.contrastive_weight)
+            parts = training_losses(output, self.contrastive_weight)
             if output.contrastive_loss is not None:
                 contrastive_losses.append(output.contrastive_loss.item())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            each = config.clip_each_loss and config.grad_clip > 0 and len(parts) > 1
+            if each:  # as the engine does: the gradients measured below are then already clipped per loss
+                clip_each_and_sum(parts, list(names), config.grad_clip)
+            else:
+                sum(parts).backward()
             grads = defaultdict(float)
             for p, part in names.items():
                 if p.grad is not None:
@@ -290,7 +294,7 @@ class Probe:
                 window[f"grad {part}"].append(math.sqrt(g))
             measure_update = step % args.every == 0 or step == args.steps
             before = {p: p.detach().clone() for p in names} if measure_update else None
-            if config.grad_clip > 0:
+            if config.grad_clip > 0 and not each:
                 torch.nn.utils.clip_grad_norm_([p for p in names], config.grad_clip)
             optimizer.step()
             scheduler.step()

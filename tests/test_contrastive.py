@@ -175,3 +175,54 @@ def test_the_weight_flag_needs_the_pass_and_defaults_to_one_with_it(demo):
 def test_a_causal_lm_decoder_refuses_the_pass_in_its_spec():
     with pytest.raises(PrismerError, match="decoder kind 'causal_lm' is a causal language model"):
         load_spec("smol", {"contrastive.enabled": True})
+
+
+def test_each_loss_is_clipped_on_its_own_so_a_spike_in_one_leaves_the_other_whole():
+    from prismer_core.train.engine import clip_each_and_sum
+
+    shared, own = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    spike = (30.0 * shared[0] + 40.0 * own[0])  # gradient norm 50: clipped to 1
+    small = 0.1 * shared.sum()  # gradient norm 0.14: left as it is
+    clip_each_and_sum([spike, small], [shared, own], max_norm=1.0)
+    assert torch.allclose(shared.grad, torch.tensor([0.6 + 0.1, 0.1]), atol=1e-6)
+    assert torch.allclose(own.grad, torch.tensor([0.8]), atol=1e-6)
+    # one clip over the sum would have scaled the small loss's gradient down 50-fold with the spike
+    shared.grad = own.grad = None
+    (30.0 * shared[0] + 40.0 * own[0] + 0.1 * shared.sum()).backward()
+    torch.nn.utils.clip_grad_norm_([shared, own], 1.0)
+    assert shared.grad[1] < 0.01
+
+
+def test_a_training_step_with_both_passes_clips_each_loss_unless_told_to_clip_the_sum(demo):
+    from prismer_core.train.distributed import Distributed
+    from prismer_core.train.engine import make_engine
+
+    def clipped(grads, limit=0.5):
+        norm = float(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
+        return [torch.zeros(()) if g is None else g * min(1.0, limit / norm) for g in grads]
+
+    samples = load_data(str(demo / "train.jsonl"), ("caption", "vqa")).samples[:8]
+    used = {}
+    for each in (True, False):
+        torch.manual_seed(0)
+        model = build_model(load_spec("tiny", {"image_size": 32, **ON}), {})
+        config = TrainConfig(data=[str(demo / "train.jsonl")], out="-", grad_clip=0.5, clip_each_loss=each)
+        engine = make_engine("plain", model, config, Distributed())
+        assert engine.clips_each_loss is each
+        data = TrainingData(samples, SampleEncoder(PairedTransform(32), model.image_mean, model.image_std, {}), describe=True)
+        batch = Collator(TextCodec.for_decoder(model.spec.decoder), contrastive=True)([data[(i, i)] for i in range(8)])
+        torch.manual_seed(1)  # the same dropout masks here and in the step
+        model.train()
+        generative, contrastive = engine.losses(engine.forward(model, batch))
+        g_gen = torch.autograd.grad(generative, engine.trainable, retain_graph=True, allow_unused=True)
+        g_con = torch.autograd.grad(contrastive, engine.trainable, allow_unused=True)
+        if each:
+            expected = [a + b for a, b in zip(clipped(g_gen), clipped(g_con))]
+        else:
+            expected = clipped([a if b is None else b if a is None else a + b for a, b in zip(g_gen, g_con)])
+        torch.manual_seed(1)
+        engine.step(batch)  # leaves the gradients it used in .grad
+        for p, want in zip(engine.trainable, expected):
+            assert torch.allclose(p.grad if p.grad is not None else torch.zeros(()), want, atol=1e-7)
+        used[each] = torch.cat([p.grad.flatten() for p in engine.trainable if p.grad is not None])
+    assert not torch.allclose(used[True], used[False])  # the two ways differ on this batch

@@ -175,10 +175,32 @@ CONTRASTIVE_SCRIPT = textwrap.dedent(
     # and with them every parameter sharing those buckets kept its local gradient. Training
     # backpropagates the sum of the two losses, as here.
     (output.contrastive_loss + 0 * output.loss).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    # A training step with both passes clips each loss's gradient on its own, then sums them.
+    # The reference: the gradients DDP itself averages for each loss (a forward each), clipped.
+    model.zero_grad()
+    output = wrapped(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+    (output.loss + 0 * output.contrastive_loss).backward()
+    generative = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    def clipped(g, limit=0.5):
+        factor = min(1.0, limit / float(torch.nn.utils.get_total_norm(list(g.values()))))
+        return {name: x * factor for name, x in g.items()}
+    a, b = clipped(generative), clipped(grads)
+    reference = {"ref." + name: a.get(name, 0) + b.get(name, 0) for name in {**a, **b}}
+    from prismer_core.train.config import TrainConfig
+    from prismer_core.train.engine import make_engine
+    torch.manual_seed(0)
+    fresh = build_model(load_spec("tiny", {"image_size": 32, "contrastive.enabled": True}), {}).eval()
+    config = TrainConfig(data=[manifest], out="-", grad_clip=0.5, engine="ddp" if ctx.active else "plain")
+    engine = make_engine(config.engine, fresh, config, ctx)
+    with engine.unsynced():
+        losses = engine.losses(engine.forward(engine.wrapped, batch))
+    engine.backward_each(losses)
+    each = {"each." + name: p.grad for name, p in fresh.named_parameters() if p.grad is not None}
     if ctx.rank == 0:
-        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-        save_file({"loss": output.contrastive_loss.detach().reshape(1), **grads}, out)
-    del wrapped, model
+        save_file({"loss": output.contrastive_loss.detach().reshape(1), **grads, **reference, **each}, out)
+    del wrapped, model, engine, fresh
     ctx.close()
     """
 )
@@ -200,8 +222,18 @@ def test_contrastive_negatives_come_from_the_global_batch_and_ddp_gets_its_exact
     assert torch.allclose(distributed["loss"], single["loss"], atol=1e-5)
     assert sorted(distributed) == sorted(single)
     for name, grad in single.items():
-        assert torch.allclose(distributed[name], grad, atol=1e-6, rtol=1e-4), f"{name}: gradient differs from one process's"
+        if not name.startswith(("ref.", "each.")):
+            assert torch.allclose(distributed[name], grad, atol=1e-6, rtol=1e-4), f"{name}: gradient differs from one process's"
     assert single["contrastive.image_proj.weight"].abs().sum() > 0 and single["decoder.embed.tokens.weight"].abs().sum() > 0
+    # Each loss clipped on its own: what the engines put in .grad is the sum of the two losses'
+    # (averaged) gradients, each clipped. (The generative gradient itself differs between one and
+    # two processes: DDP averages the processes' per-token means, which weights tokens by process.)
+    for grads in (single, distributed):
+        each = {name[5:]: g for name, g in grads.items() if name.startswith("each.")}
+        assert sorted(each) == sorted(name[4:] for name in grads if name.startswith("ref."))
+        for name, g in each.items():
+            assert torch.allclose(g, grads["ref." + name], atol=1e-7, rtol=1e-4), f"{name}: not the sum of the clipped gradients"
+    assert single["each.decoder.layers.0.cross_attn.query.weight"].abs().sum() > 0
 
 
 def test_deepspeed_runs_in_one_plain_process_and_leaves_no_group_behind(demo, tmp_path, monkeypatch):

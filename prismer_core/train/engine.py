@@ -4,20 +4,22 @@ All engines share the optimisation recipe: AdamW (weight decay on matrices only,
 biases and norms), linear warm-up then cosine decay (transformers' schedule), gradient
 clipping, and autocast in bf16/fp16 where the device supports it. A step minimises the
 generative loss plus ``contrastive_weight`` times the contrastive one (MaMMUT's two passes,
-when the model has the contrastive pass and the batch brings image-text pairs). They differ
-only in who holds which state, which is why saving and loading the training state is theirs
-too.
+when the model has the contrastive pass and the batch brings image-text pairs); with
+``clip_each_loss`` each of the two gradients is clipped on its own before they are summed
+(:meth:`Engine.backward_each`). They differ only in who holds which state, which is why
+saving and loading the training state is theirs too.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import PrismerError
@@ -85,11 +87,44 @@ def label_tokens(labels: torch.Tensor) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-def training_objective(output, contrastive_weight: float) -> torch.Tensor:
-    """The generative loss, plus the contrastive one times its weight when the model made one."""
+def training_losses(output, contrastive_weight: float) -> list[torch.Tensor]:
+    """The generative loss, and the contrastive one times its weight when the model made one."""
     if output.contrastive_loss is None or not contrastive_weight:
-        return output.loss
-    return output.loss + contrastive_weight * output.contrastive_loss
+        return [output.loss]
+    return [output.loss, contrastive_weight * output.contrastive_loss]
+
+
+def clip_each_and_sum(
+    losses: list[torch.Tensor],
+    parameters: list[nn.Parameter],
+    max_norm: float,
+    scale: float = 1.0,
+    reduce: Callable[[list[torch.Tensor | None]], list[torch.Tensor | None]] = lambda grads: grads,
+) -> None:
+    """Each loss's gradient clipped to ``max_norm`` on its own, then summed into ``.grad``.
+
+    With one clip over the summed gradient, a spike in the contrastive gradient (the image
+    pooler's, 8-22 times the clip in the demo's early steps) shrank that step's generative
+    update and swelled AdamW's second moments of the shared weights for long after: the demo's
+    edge+ocr run lost 24 points of VQA to it. Clipped apart, neither loss can take the other's
+    share (docs/benchmarks.md, "The contrastive pass in the demo"). It costs a second backward
+    pass through the layers the losses share. ``scale`` is a loss scaler's: gradients stay
+    multiplied by it, so its overflow check and unscaling work as with one loss. ``reduce``
+    turns one loss's local gradients into the ones the optimiser should see (DDP: the average).
+    """
+    summed: list[torch.Tensor | None] = [None] * len(parameters)
+    for index, loss in enumerate(losses):
+        grads = torch.autograd.grad(loss * scale, parameters, retain_graph=index < len(losses) - 1, allow_unused=True)
+        grads = reduce(list(grads))
+        present = [g for g in grads if g is not None]
+        if not present:
+            continue
+        factor = (max_norm / (torch.nn.utils.get_total_norm(present) / scale + 1e-6)).clamp(max=1.0)
+        for i, grad in enumerate(grads):
+            if grad is not None:
+                summed[i] = grad * factor if summed[i] is None else summed[i] + grad * factor
+    for parameter, grad in zip(parameters, summed):
+        parameter.grad = grad
 
 
 class Engine:
@@ -106,16 +141,18 @@ class Engine:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.wrapped: nn.Module = self.model
         self.contrastive_weight = config.contrastive_weight_for(model.spec)
+        #: Whether a step with both passes clips each loss's gradient on its own (backward_each).
+        self.clips_each_loss = config.clip_each_loss and config.grad_clip > 0 and bool(self.contrastive_weight)
         #: The contrastive loss of the last step (None: the step had none).
         self.last_contrastive: float | None = None
 
-    def objective(self, output) -> torch.Tensor:
-        """What a step minimises (:func:`training_objective`); the contrastive loss is kept in
+    def losses(self, output) -> list[torch.Tensor]:
+        """What a step minimises (:func:`training_losses`); the contrastive loss is kept in
         ``last_contrastive``, and the step itself reports the generative loss, comparable with
         a run without the contrastive pass."""
         uses_contrastive = output.contrastive_loss is not None and bool(self.contrastive_weight)
         self.last_contrastive = float(output.contrastive_loss.detach().float()) if uses_contrastive else None
-        return training_objective(output, self.contrastive_weight)
+        return training_losses(output, self.contrastive_weight)
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -130,17 +167,35 @@ class Engine:
         """One optimisation step; returns this process's generative loss."""
         self.wrapped.train()
         batch = batch.to(self.ctx.device)
-        output = self.forward(self.wrapped, batch)
-        loss = self.objective(output)
+        each = self.clips_each_loss and batch.pairs is not None
+        with self.unsynced() if each else nullcontext():
+            output = self.forward(self.wrapped, batch)
+        losses = self.losses(output)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.config.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        if each:
+            self.backward_each(losses)
+        else:
+            self.scaler.scale(sum(losses)).backward()
+            if self.config.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return float(output.loss.detach())
+
+    def backward_each(self, losses: list[torch.Tensor]) -> None:
+        """:func:`clip_each_and_sum` with this engine's loss scale and reduction."""
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        clip_each_and_sum(losses, self.trainable, self.config.grad_clip, scale, self.reduce)
+
+    def unsynced(self):
+        """Where the forward of a :meth:`backward_each` step runs (DDP: without its reduction)."""
+        return nullcontext()
+
+    def reduce(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """One loss's gradients as the optimiser should see them (one process: as they are)."""
+        return grads
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> tuple[float, int]:
@@ -176,6 +231,20 @@ class DDPEngine(Engine):
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         self.wrapped = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
 
+    def unsynced(self):
+        """DDP reduces in the backward pass it hooks; :meth:`backward_each` reduces itself."""
+        return self.wrapped.no_sync()
+
+    @torch.no_grad()
+    def reduce(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """The processes' average of one loss's gradients, as DDP would make it (one
+        all-reduce; a weight this process's batch did not reach counts as a zero gradient)."""
+        full = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.trainable)]
+        flat = torch.cat([g.reshape(-1) for g in full])
+        dist.all_reduce(flat)
+        flat /= self.ctx.world_size
+        return [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in full]), full)]
+
 
 class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO stage 2: optimizer state and gradients are partitioned across processes.
@@ -202,6 +271,9 @@ class DeepSpeedEngine(Engine):
         self.scaler = None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.contrastive_weight = config.contrastive_weight_for(model.spec)
+        #: Not implemented here: DeepSpeed reduces and clips the gradient of the one loss it is
+        #: given; the trainer says so when the run asked for it (``clip_each_loss``).
+        self.clips_each_loss = False
         self.last_contrastive = None
 
     def deepspeed_config(self) -> dict[str, Any]:
@@ -228,7 +300,7 @@ class DeepSpeedEngine(Engine):
         self.engine.train()
         batch = batch.to(self.ctx.device, self.dtype if self.dtype != torch.float32 else None)
         output = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
-        self.engine.backward(self.objective(output))
+        self.engine.backward(sum(self.losses(output)))
         self.engine.step()
         return float(output.loss.detach().float())
 

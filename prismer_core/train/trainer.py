@@ -142,6 +142,9 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
     engine = make_engine(engine_name, model, config, ctx)
+    if config.clip_each_loss and config.grad_clip > 0 and engine.contrastive_weight and not engine.clips_each_loss:
+        console.print(f"[yellow]note:[/yellow] the {engine.name} engine clips the summed gradient of the two passes: "
+                      "clipping each loss on its own (--clip-each-loss) is not implemented for it")
     start_step, skipped = 0, []
     if latest is not None:
         extra = engine.load_state(latest[1] / "trainer")
