@@ -114,8 +114,11 @@ def clip_each_and_sum(
     """
     summed: list[torch.Tensor | None] = [None] * len(parameters)
     for index, loss in enumerate(losses):
-        grads = torch.autograd.grad(loss * scale, parameters, retain_graph=index < len(losses) - 1, allow_unused=True)
-        grads = reduce(list(grads))
+        # backward() rather than autograd.grad: module hooks (the FLOP counter's) support only it
+        for parameter in parameters:
+            parameter.grad = None
+        (loss * scale).backward(retain_graph=index < len(losses) - 1)
+        grads = reduce([parameter.grad for parameter in parameters])
         present = [g for g in grads if g is not None]
         if not present:
             continue
