@@ -232,6 +232,11 @@ class ContrastiveSpec(_Strict):
     text_pool: Literal["end", "attention"] = "end"
     #: Initial temperature of the softmax over similarities (learned; CLIP's 0.07).
     temperature: float = Field(0.07, gt=0, le=1)
+    #: Whether the contrastive loss also trains what makes the vision tokens (the trainable
+    #: parts of the vision tower, the expert stems, the resampler). False keeps them to the
+    #: generative loss, as LiT locks its image tower, and only the image pooler, the projections
+    #: and the decoder's text pass learn from the contrastive loss.
+    vision_gradient: bool = True
 
 
 class ModelSpec(_Strict):

@@ -226,3 +226,21 @@ def test_a_training_step_with_both_passes_clips_each_loss_unless_told_to_clip_th
             assert torch.allclose(p.grad if p.grad is not None else torch.zeros(()), want, atol=1e-7)
         used[each] = torch.cat([p.grad.flatten() for p in engine.trainable if p.grad is not None])
     assert not torch.allclose(used[True], used[False])  # the two ways differ on this batch
+
+
+def test_without_vision_gradient_the_contrastive_loss_leaves_the_vision_tokens_to_the_generative_one(demo):
+    samples = load_data(str(demo / "train.jsonl"), ("caption", "vqa")).samples[:8]
+    reached = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        model = build_model(load_spec("tiny", {"image_size": 32, **ON, "contrastive.vision_gradient": flag}), {})
+        data = TrainingData(samples, SampleEncoder(PairedTransform(32), model.image_mean, model.image_std, {}), describe=True)
+        batch = Collator(TextCodec.for_decoder(model.spec.decoder), contrastive=True)([data[(i, i)] for i in range(8)])
+        output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(output.contrastive_loss, [p for _, p in named], allow_unused=True)
+        reached[flag] = {n for (n, _), g in zip(named, grads) if g is not None and g.abs().sum() > 0}
+    for flag, names in reached.items():
+        assert any(n.startswith("contrastive.image_pool.") for n in names)  # the pooler learns either way
+        assert any(n.startswith("decoder.") for n in names)  # and so does the text pass
+        assert any(n.startswith("encoder.") for n in names) is flag, f"vision_gradient={flag}"

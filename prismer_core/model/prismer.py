@@ -208,7 +208,7 @@ class Prismer(nn.Module):
 
     def _contrastive_loss(self, vision: torch.Tensor, pairs: PairedText) -> torch.Tensor:
         heads = self.contrastive_heads
-        images = heads.embed_images(vision)
+        images = heads.embed_images(vision if self.spec.contrastive.vision_gradient else vision.detach())
         if len(pairs.rows):
             texts = heads.embed_texts(self.decoder.encode_text(pairs.ids, pairs.valid), pairs.valid)
         else:  # no description in this process's batch; the other processes' may have some
