@@ -98,10 +98,11 @@ class DemoSettings:
     #: from 3.33 to 2.87 (tests/test_smollm2.py) and 3e-3 spiked once; 1e-3 is the cautious pick.
     llm_lr: float = 1e-3
     #: Train the contrastive pass beside the generative one (MaMMUT), with weight 1, so the
-    #: checkpoints also retrieve. Off by default: measured side by side on the demo's defaults
-    #: it cost the edge+ocr run most of what it learns (test VQA 0.32 against 0.56, words
-    #: 0.09 against 0.65, CIDEr 1.29 against 2.87; docs/benchmarks.md, "The contrastive pass
-    #: in the demo"): its gradient spikes take over the shared gradient-norm clip.
+    #: checkpoints also retrieve. Off by default: on the demo's defaults it cost the edge+ocr
+    #: run most of what it learns to read (test VQA 0.32 against 0.56, words 0.05 against
+    #: 0.62), with one gradient-norm clip over both losses and with each clipped on its own
+    #: alike; with the spec's ``contrastive.vision_gradient: false`` as well it cost 4.5 points
+    #: (docs/benchmarks.md, "The contrastive pass in the demo").
     contrastive: bool = False
 
     #: Benchmark options (see the module docstring): the noise-expert run, and seeds per run.
