@@ -12,7 +12,9 @@ losses on 192 validation samples every 100 steps:
 * ``unclipped``: both losses, no clipping;
 * ``weight0.1``: the contrastive loss at weight 0.1, one clip over the sum;
 * ``image_detached``: as ``summed``, with the contrastive gradient kept out of the vision
-  tokens (LiT-style: only the poolers and the text pass learn from it).
+  tokens (LiT-style: only the poolers and the text pass learn from it);
+* ``each_image_detached``: as ``each``, with the spec's ``contrastive.vision_gradient: false``
+  (the same, done by the model).
 
     .venv/bin/python bench/bench_two_losses.py --data demo_out/data --steps 300
 
@@ -36,14 +38,14 @@ from prismer_core.train.engine import clip_each_and_sum, make_optimizer, trainin
 from prismer_core.train.sampler import StepSampler
 from prismer_core.train.trainer import collator, label_encoder_for, label_source, require_experts, training_data
 
-VARIANTS = ("generative", "summed", "each", "unclipped", "weight0.1", "image_detached")
+VARIANTS = ("generative", "summed", "each", "unclipped", "weight0.1", "image_detached", "each_image_detached")
 RECIPE = {"image_size": 64, "frozen": ["vision.backbone", "vision.embeddings"], "resampler.latents": 4,
           "resampler.rgb_attends_latents": False, "contrastive.enabled": True}
 
 
 def run(data: str, variant: str, steps: int, clip: float = 1.0) -> list[dict]:
     config = TrainConfig(data=[f"{data}/train.jsonl"], out="-", experts=[], tasks=["caption", "vqa"], spec="tiny",
-                         spec_overrides=RECIPE, max_steps=1000, batch_size=16, lr=3e-4, crop_scale=0.9).validate()
+                         spec_overrides={**RECIPE, "contrastive.vision_gradient": variant != "each_image_detached"}, max_steps=1000, batch_size=16, lr=3e-4, crop_scale=0.9).validate()
     specs = require_experts(config)
     torch.manual_seed(0)
     model = build_model(load_spec(config.spec, config.spec_overrides), specs)
@@ -78,7 +80,7 @@ def run(data: str, variant: str, steps: int, clip: float = 1.0) -> list[dict]:
         output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
         losses = training_losses(output, weight)
         optimizer.zero_grad(set_to_none=True)
-        if variant == "each":
+        if variant in ("each", "each_image_detached"):
             clip_each_and_sum(losses, params, clip)
         else:
             sum(losses).backward()
