@@ -9,8 +9,9 @@ measures, every ``--every`` steps and at the end:
 * **probes**: closed-form ridge probes from the flattened vision tokens of 256 training
   scenes to what each validation scene shows: the colour and the shape in each occupied cell
   of the 3×2 layout, the column of each colour present, and the number of shapes;
-* **gradients**: the gradient norm of each part (before clipping) and its update relative to
-  its weights, averaged over the window;
+* **gradients**: the gradient norm of each part (before clipping; with both passes, after each
+  loss's own clip, as training takes it) and its update relative to its weights, averaged over
+  the window;
 * **attention**: the share of the decoder's cross-attention that goes to the latents;
 * **VQA**: greedy open-ended accuracy per question type on the validation questions, and the
   cross-entropy of their reference answers per type (`answer_loss_*`), which moves long before
@@ -259,7 +260,7 @@ class Probe:
 
     def run(self) -> list[dict]:
         from prismer_core.model.prismer import part_of
-        from prismer_core.train.engine import clip_each_and_sum, make_optimizer, training_losses
+        from prismer_core.train.engine import clip_each_and_sum, clips_each_loss, make_optimizer, training_losses
         from prismer_core.train.sampler import StepSampler
 
         args, config, model = self.args, self.config, self.model
@@ -281,7 +282,7 @@ class Probe:
             if output.contrastive_loss is not None:
                 contrastive_losses.append(output.contrastive_loss.item())
             optimizer.zero_grad(set_to_none=True)
-            each = config.clip_each_loss and config.grad_clip > 0 and len(parts) > 1
+            each = clips_each_loss(config, self.contrastive_weight) and len(parts) > 1
             if each:  # as the engine does: the gradients measured below are then already clipped per loss
                 clip_each_and_sum(parts, list(names), config.grad_clip)
             else:

@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (weight matrices only).")
     warmup_steps: int | None = Field(None, ge=0, description="Linear warm-up steps before the cosine decay [default: 5% of --max-steps].")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
-    clip_each_loss: bool = Field(True, description="With the contrastive pass: clip the generative and the contrastive gradient to --grad-clip each on its own, then add them, so a spike in one cannot shrink the other's update (one shared clip cost the demo 24 VQA points); costs a second backward pass through the shared layers. Not under DeepSpeed, which clips the sum.")
+    clip_each_loss: bool = Field(True, description="With the contrastive pass: clip the generative and the contrastive gradient to --grad-clip each on its own, then add them, so a spike in one cannot shrink the other's update (docs/benchmarks.md); costs a second backward pass through the shared layers. Not under DeepSpeed, which clips the sum.")
     precision: Literal[TRAIN_PRECISIONS] = Field("auto", description="auto (bf16 or fp16 on GPUs, fp32 on CPU), fp32, bf16, fp16.")  # type: ignore[valid-type]
     engine: Literal[ENGINES] = Field("auto", description="auto (DeepSpeed ZeRO-2 on GPUs when installed, DDP for several CPU processes), plain, ddp, deepspeed.")  # type: ignore[valid-type]
     deepspeed_config: str | None = Field(None, description="DeepSpeed JSON config [default: the bundled ZeRO-2 one]; batch size, clipping and precision come from these flags.")

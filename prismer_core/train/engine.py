@@ -94,6 +94,12 @@ def training_losses(output, contrastive_weight: float) -> list[torch.Tensor]:
     return [output.loss, contrastive_weight * output.contrastive_loss]
 
 
+def clips_each_loss(config: TrainConfig, contrastive_weight: float) -> bool:
+    """Whether a step with both passes clips each loss's gradient on its own (the run asked
+    for it, clips at all, and trains the contrastive loss)."""
+    return config.clip_each_loss and config.grad_clip > 0 and bool(contrastive_weight)
+
+
 def clip_each_and_sum(
     losses: list[torch.Tensor],
     parameters: list[nn.Parameter],
@@ -105,10 +111,11 @@ def clip_each_and_sum(
 
     With one clip over the summed gradient, a spike in the contrastive gradient (the image
     pooler's, 8-22 times the clip in the demo's early steps) shrank that step's generative
-    update and swelled AdamW's second moments of the shared weights for long after: the demo's
-    edge+ocr run lost 24 points of VQA to it. Clipped apart, neither loss can take the other's
-    share (docs/benchmarks.md, "The contrastive pass in the demo"). It costs a second backward
-    pass through the layers the losses share. ``scale`` is a loss scaler's: gradients stay
+    update and swelled AdamW's second moments of the shared weights for long after. Clipped
+    apart, neither loss can take the other's share: on the demo's PrismerZ recipe the
+    generative loss then falls as without the contrastive pass (docs/benchmarks.md, "The
+    contrastive pass in the demo"). It costs a second backward pass through the layers the
+    losses share. ``scale`` is a loss scaler's: gradients stay
     multiplied by it, so its overflow check and unscaling work as with one loss. ``reduce``
     turns one loss's local gradients into the ones the optimiser should see (DDP: the average).
     """
@@ -145,7 +152,7 @@ class Engine:
         self.wrapped: nn.Module = self.model
         self.contrastive_weight = config.contrastive_weight_for(model.spec)
         #: Whether a step with both passes clips each loss's gradient on its own (backward_each).
-        self.clips_each_loss = config.clip_each_loss and config.grad_clip > 0 and bool(self.contrastive_weight)
+        self.clips_each_loss = clips_each_loss(config, self.contrastive_weight)
         #: The contrastive loss of the last step (None: the step had none).
         self.last_contrastive: float | None = None
 

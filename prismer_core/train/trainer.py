@@ -35,7 +35,7 @@ from ..specs import load_spec
 from ..text import TextCodec
 from .config import TrainConfig
 from .distributed import Distributed, choose_engine, setup_distributed
-from .engine import Engine, make_engine
+from .engine import Engine, clips_each_loss, make_engine
 from .init_from import Parent, model_from_parent, read_parent
 from .run_dir import RunDir, RunDirError
 from .sampler import EvalSampler, StepSampler
@@ -142,7 +142,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
     engine = make_engine(engine_name, model, config, ctx)
-    if config.clip_each_loss and config.grad_clip > 0 and engine.contrastive_weight and not engine.clips_each_loss:
+    if clips_each_loss(config, engine.contrastive_weight) and not engine.clips_each_loss:
         console.print(f"[yellow]note:[/yellow] the {engine.name} engine clips the summed gradient of the two passes: "
                       "clipping each loss on its own (--clip-each-loss) is not implemented for it")
     start_step, skipped = 0, []
