@@ -189,7 +189,6 @@ def engine_bench(args) -> dict:
     images/s, MFU and peak GPU memory, for each expert set. The base spec by default, random
     init, bf16; on the CPU (``--device cpu``) the same code checks itself with tiny shapes."""
     import torch
-    import torch.distributed as dist
 
     from bench_model import _batch
     from prismer_core.data.dataset import Batch
@@ -247,11 +246,11 @@ def engine_bench(args) -> dict:
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if cuda else None,
         })
         print(json.dumps(results["rows"][-1]), file=sys.stderr, flush=True)
+        engine.close()  # DeepSpeed's engine holds its memory (and the group) until destroyed
         del engine, model
         if cuda:
             torch.cuda.empty_cache()
-    if dist.is_initialized():  # DeepSpeed joins a group even for one process; leave it before exit
-        dist.destroy_process_group()
+    ctx.close()  # also the group DeepSpeed joins for one process
     return results if ctx.is_main else None
 
 

@@ -3,6 +3,7 @@ training loop needs. A run started as one plain process needs none of this."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import socket
@@ -50,6 +51,7 @@ class Distributed:
     def close(self) -> None:
         global _GROUP_STARTED_HERE
         if _GROUP_STARTED_HERE and dist.is_initialized():
+            gc.collect()  # wrappers in reference cycles that hold the group go first, while it is whole
             dist.destroy_process_group()
         _GROUP_STARTED_HERE = False
         while _ENVIRONMENT_SET_HERE:

@@ -228,6 +228,10 @@ class Engine:
     def load_state(self, folder: Path) -> dict[str, Any]:
         return load_training_state(folder, self.optimizer, self.scheduler, self.scaler)
 
+    def close(self) -> None:
+        """Let go of what holds the process group (DDP's reducer), while the group is alive."""
+        self.wrapped = self.model
+
 
 class DDPEngine(Engine):
     """Data parallel over torchrun's processes: gradients are averaged in backward."""
@@ -341,6 +345,14 @@ class DeepSpeedEngine(Engine):
         if path is None:
             raise PrismerError(f"no DeepSpeed state in {folder}: was this run trained with another engine?")
         return read_extra(folder)
+
+    def close(self) -> None:
+        """DeepSpeed's own teardown. Until it runs, the engine keeps automatic garbage collection
+        off and stays alive in reference cycles (its hooks hold it), with the process group's
+        gloo threads: left to interpreter shutdown, after the group was destroyed, a run
+        could abort there ("terminate called without an active exception", seen in CI)."""
+        self.engine.destroy()
+        self.wrapped = self.model
 
 
 class _WeightsOnlyLoading:

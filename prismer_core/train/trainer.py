@@ -12,7 +12,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,37 +141,39 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     encoder = label_encoder_for(specs, latest[1] if latest else parent.info.directory if parent else None)
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
-    engine = make_engine(engine_name, model, config, ctx)
-    if clips_each_loss(config, engine.contrastive_weight) and not engine.clips_each_loss:
-        console.print(f"[yellow]note:[/yellow] the {engine.name} engine clips the summed gradient of the two passes: "
-                      "clipping each loss on its own (--clip-each-loss) is not implemented for it")
-    start_step, skipped = 0, []
-    if latest is not None:
-        extra = engine.load_state(latest[1] / "trainer")
-        start_step, skipped = int(extra["step"]), list(extra.get("skipped_rows", []))
+    # closed before the process group goes (``Distributed.close``): DeepSpeed's engine lives
+    # on in reference cycles, with the group's threads, until it is destroyed
+    with closing(make_engine(engine_name, model, config, ctx)) as engine:
+        if clips_each_loss(config, engine.contrastive_weight) and not engine.clips_each_loss:
+            console.print(f"[yellow]note:[/yellow] the {engine.name} engine clips the summed gradient of the two passes: "
+                          "clipping each loss on its own (--clip-each-loss) is not implemented for it")
+        start_step, skipped = 0, []
+        if latest is not None:
+            extra = engine.load_state(latest[1] / "trainer")
+            start_step, skipped = int(extra["step"]), list(extra.get("skipped_rows", []))
+            if ctx.is_main:
+                run.truncate_metrics(start_step)
+            console.print(f"resuming {run.root} from step {start_step} ({latest[1].name})")
+        lineage = parent.record() if parent is not None else (run.read_config().get("parent") if latest is not None else None)
         if ctx.is_main:
-            run.truncate_metrics(start_step)
-        console.print(f"resuming {run.root} from step {start_step} ({latest[1].name})")
-    lineage = parent.record() if parent is not None else (run.read_config().get("parent") if latest is not None else None)
-    if ctx.is_main:
-        _write_run_record(run, config, engine, specs, labels, encoder, ctx, lineage)
-        if encoder is not None:  # copied into every checkpoint
-            encoder.save(run.root / LABEL_ENCODER_FILE)
+            _write_run_record(run, config, engine, specs, labels, encoder, ctx, lineage)
+            if encoder is not None:  # copied into every checkpoint
+                encoder.save(run.root / LABEL_ENCODER_FILE)
 
-    model = engine.model
-    contrastive = config.contrastive_weight_for(model.spec) > 0  # the model's spec: with --init-from, its parent's
-    train_set = training_data(config, model, specs, data.samples, labels, encoder, describe=contrastive)
-    collate = collator(config, model, contrastive=contrastive)
-    sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
-                          start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
-    loader = _loader(train_set, sampler, collate, config.workers, ctx)
-    evaluator = _Evaluator(val, config, train_set, collate, engine, ctx) if val else None
+        model = engine.model
+        contrastive = config.contrastive_weight_for(model.spec) > 0  # the model's spec: with --init-from, its parent's
+        train_set = training_data(config, model, specs, data.samples, labels, encoder, describe=contrastive)
+        collate = collator(config, model, contrastive=contrastive)
+        sampler = StepSampler(len(train_set), config.batch_size, config.max_steps, config.seed, ctx.rank, ctx.world_size,
+                              start_step, groups=[s.task for s in data.samples] if config.group_by_task else None)
+        loader = _loader(train_set, sampler, collate, config.workers, ctx)
+        evaluator = _Evaluator(val, config, train_set, collate, engine, ctx) if val else None
 
-    skipped = list(dict.fromkeys([str(row) for row in data.bad_rows] + skipped))
-    loop = _Loop(config, ctx, engine, run, console, specs, encoder, skipped, start_step, len(train_set), lineage, data)
-    with StopRequest().installed() as stop:
-        loop.run(loader, stop, evaluator, show_progress, latest[1] / "trainer" if latest else None)
-    return loop.result
+        skipped = list(dict.fromkeys([str(row) for row in data.bad_rows] + skipped))
+        loop = _Loop(config, ctx, engine, run, console, specs, encoder, skipped, start_step, len(train_set), lineage, data)
+        with StopRequest().installed() as stop:
+            loop.run(loader, stop, evaluator, show_progress, latest[1] / "trainer" if latest else None)
+        return loop.result
 
 
 class _Loop:
