@@ -352,7 +352,7 @@ class DeepSpeedEngine(Engine):
         gloo threads: left to interpreter shutdown, after the group was destroyed, a run
         could abort there ("terminate called without an active exception", seen in CI)."""
         self.engine.destroy()
-        self.wrapped = self.model
+        super().close()
 
 
 class _WeightsOnlyLoading:
