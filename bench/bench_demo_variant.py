@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="a spec override")
     parser.add_argument("--lr-scale", action="append", default=[], metavar="PART=F")
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the demo's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=None, help="JSON lines (default DEMO/variants/results.jsonl)")
     args = parser.parse_args()
@@ -55,6 +56,8 @@ def main() -> None:
     config.lr_scales = {part: float(factor) for part, factor in (pair.split("=", 1) for pair in args.lr_scale)}
     if args.steps:
         config.max_steps = args.steps
+    if args.batch_size:
+        config.batch_size = args.batch_size
     config.validate()
 
     console = Console(stderr=True, soft_wrap=True, width=160)
@@ -64,6 +67,7 @@ def main() -> None:
     table = evaluate_demo({args.name: result.checkpoint}, args.demo / "data" / "test.jsonl", folder / "eval",
                           labels=args.demo / "labels" if experts else None, console=console, show_progress=False)
     row = {"name": args.name, "seed": args.seed, "experts": list(experts), "set": args.set, "lr_scale": args.lr_scale,
+           "steps": config.max_steps, "batch_size": config.batch_size,
            "train_seconds": round(seconds), "val": result.val_loss, **table[args.name]}
     results = args.results or args.demo / "variants" / "results.jsonl"
     with results.open("a") as handle:
