@@ -1,0 +1,131 @@
+"""How well a vision path can learn what the demo scenes show, with the language side taken out.
+
+The tiny spec's vision encoder (:class:`prismer_core.model.vision.VisionEncoder`, PrismerZ:
+RGB only, with whatever ``--set`` changes: image size, tower, stem, what is frozen) reads the
+scenes of a `prismer data demo` folder; six learned queries, one per cell of the scenes' 3×2
+grid, cross-attend to its tokens, and two linear heads name each cell's shape (or "empty") and
+colour. Trained with cross-entropy on the truth the scenes record
+(:func:`prismer_core.demo.scenes.scene_of`), it prints every ``--every`` steps the training
+loss and the validation accuracy of shape and colour over the occupied cells: a ceiling on
+what the decoder can read from these tokens, measured in a minute instead of a demo run, and a
+training loss far below the validation error says the path memorises the 512 training scenes
+instead of learning shapes.
+
+    .venv/bin/python bench/bench_vision_probe.py --data demo_out/data --set image_size=64 \\
+        --set 'frozen=[vision.backbone, vision.embeddings]'
+    .venv/bin/python bench/bench_vision_probe.py --data D --set image_size=128 --set vision.rgb_stem=conv
+
+Images are resized (bicubic) and normalised as the spec says, with no augmentation. Results:
+docs/benchmarks.md, issue 13, "Session 4".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch import nn
+
+
+def main() -> None:
+    from prismer_core.demo.scenes import scene_of
+    from prismer_core.model.layers import MultiHeadAttention
+    from prismer_core.model.prismer import build_model
+    from prismer_core.specs import load_spec
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a `prismer data demo` folder")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and order of the training scenes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    spec = load_spec("tiny", overrides=overrides)
+    model = build_model(spec)
+    model.apply_freezing()
+    encoder, size, width = model.encoder, spec.image_size, model.encoder.width
+    mean, std = torch.tensor(spec.image_mean).view(3, 1, 1), torch.tensor(spec.image_std).view(3, 1, 1)
+    demo = json.loads((args.data / "demo.json").read_text())
+    shapes = demo.get("options", {}).get("shapes") or ["circle", "square", "triangle", "star"]
+    colours = demo.get("options", {}).get("colours") or ["red", "green", "blue", "yellow", "purple", "orange"]
+
+    def scenes(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, kinds, paints = [], [], []
+        for line in (args.data / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if "caption" not in row:
+                continue
+            picture = Image.open(args.data / row["image"]).convert("RGB").resize((size, size), Image.BICUBIC)
+            images.append((torch.from_numpy(np.array(picture)).permute(2, 0, 1).float() / 255 - mean) / std)
+            kind, paint = [0] * 6, [0] * 6
+            for shape in scene_of(args.data, row["image"]).shapes:
+                cell = shape.row * 3 + shape.column
+                kind[cell], paint[cell] = 1 + shapes.index(shape.kind), 1 + colours.index(shape.colour)
+            kinds.append(kind)
+            paints.append(paint)
+        return torch.stack(images), torch.tensor(kinds), torch.tensor(paints)
+
+    class CellHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queries = nn.Parameter(torch.randn(6, width) * 0.02)
+            self.attention = MultiHeadAttention(width, 3)
+            self.norm = nn.LayerNorm(width)
+            self.shape = nn.Linear(width, 1 + len(shapes))
+            self.colour = nn.Linear(width, 1 + len(colours))
+
+        def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cells = self.norm(self.attention(self.queries.expand(len(tokens), -1, -1), self.attention.project_kv(tokens)))
+            return self.shape(cells), self.colour(cells)
+
+    train_x, train_kind, train_paint = scenes("train")
+    val_x, val_kind, val_paint = scenes("val")
+    heads = CellHeads()
+    vision = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([*vision, *heads.parameters()], lr=args.lr, weight_decay=0.05)
+    print(json.dumps({"tag": args.tag, "trainable_vision_parameters": sum(p.numel() for p in vision),
+                      "vision_tokens": encoder.num_tokens}), flush=True)
+
+    @torch.no_grad()
+    def accuracy() -> dict[str, float]:
+        encoder.eval()
+        kind, paint = heads(encoder(val_x, {}, {}))
+        encoder.train()
+        occupied = val_kind > 0
+        return {"shape": round(float((kind.argmax(-1) == val_kind)[occupied].float().mean()), 3),
+                "colour": round(float((paint.argmax(-1) == val_paint)[occupied].float().mean()), 3)}
+
+    start, window = time.perf_counter(), 0.0
+    for step in range(1, args.steps + 1):
+        rows = torch.tensor(random.sample(range(len(train_x)), args.batch_size))
+        kind, paint = heads(encoder(train_x[rows], {}, {}))
+        loss = F.cross_entropy(kind.flatten(0, 1), train_kind[rows].flatten()) + F.cross_entropy(paint.flatten(0, 1), train_paint[rows].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        window += loss.item()
+        if step % args.every == 0:
+            print(json.dumps({"tag": args.tag, "step": step, "train_loss": round(window / args.every, 3), **accuracy(),
+                              "seconds": round(time.perf_counter() - start)}), flush=True)
+            window = 0.0
+
+
+if __name__ == "__main__":
+    main()
