@@ -30,32 +30,42 @@ import torch.nn.functional as F
 import yaml
 
 
-def main() -> None:
-    from transformers import get_cosine_schedule_with_warmup
-
-    from prismer_core.demo.scenes import scene_of
-    from prismer_core.model.decoder import TextDecoder
-    from prismer_core.specs import load_spec
-    from prismer_core.text import TextCodec, task_prompt
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def short_run_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a short seeded training on a demo folder (this script and bench_vision_probe.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a `prismer data demo` folder")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--no-captions", action="store_true", help="train on the questions alone")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and order of the training samples")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a tiny spec field (YAML value)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="")
-    args = parser.parse_args()
+    return parser
+
+
+def seeded_tiny_spec(args: argparse.Namespace):
+    """Seed torch and random, set the threads, and load the tiny spec with ``--set``'s overrides."""
+    from prismer_core.specs import load_spec
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    spec = load_spec("tiny", overrides=overrides)
+    return load_spec("tiny", overrides={key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
+
+
+def main() -> None:
+    from transformers import get_cosine_schedule_with_warmup
+
+    from prismer_core.demo.scenes import scene_of
+    from prismer_core.model.decoder import TextDecoder
+    from prismer_core.text import TextCodec, task_prompt
+
+    parser = short_run_parser(__doc__)
+    parser.add_argument("--no-captions", action="store_true", help="train on the questions alone")
+    args = parser.parse_args()
+    spec = seeded_tiny_spec(args)
     width = spec.decoder.hidden
     codec = TextCodec.for_decoder(spec.decoder)
     decoder = TextDecoder(spec.decoder, width)

@@ -21,16 +21,14 @@ docs/benchmarks.md, issue 13, "Session 4".
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
+from bench_oracle_decoder import seeded_tiny_spec, short_run_parser
 from PIL import Image
 from torch import nn
 
@@ -39,25 +37,9 @@ def main() -> None:
     from prismer_core.demo.scenes import scene_of
     from prismer_core.model.layers import MultiHeadAttention
     from prismer_core.model.prismer import build_model
-    from prismer_core.specs import load_spec
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="a `prismer data demo` folder")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and order of the training scenes")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", default="")
-    args = parser.parse_args()
-
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    torch.set_num_threads(args.threads)
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    spec = load_spec("tiny", overrides=overrides)
+    args = short_run_parser(__doc__).parse_args()
+    spec = seeded_tiny_spec(args)
     model = build_model(spec)
     model.apply_freezing()
     encoder, size, width = model.encoder, spec.image_size, model.encoder.width
