@@ -56,8 +56,8 @@ LLM_RUN = DemoRun("llm", "edge+ocr+SmolLM2", ("edge", "ocr"), spec="smol")
 
 @dataclass
 class DemoSettings:
-    """Sizes chosen so the whole demo stays under 15 minutes on 2 CPU cores (12 min 10 s measured,
-    13 min 57 s with the install; docs/benchmarks.md, "`make demo`"); raise them on a bigger machine."""
+    """Sizes chosen so the whole demo stays under 10 minutes on 2 CPU cores after the install
+    (8 min 50 s measured; docs/benchmarks.md, issue 13, "Session 4"); raise them on a bigger machine."""
 
     n: int = 640
     seed: int = 0
@@ -82,8 +82,10 @@ class DemoSettings:
     #: steps, and both runs then answered from the language prior alone (VQA accuracy 0.17).
     #: That collapse is the generative loss's: with the contrastive pass (`--contrastive`)
     #: a trainable tower keeps its images apart, and PrismerZ scored 0.327 on validation VQA
-    #: against 0.293 frozen (1000 steps, one seed; docs/benchmarks.md, issue 13): a candidate
-    #: for dropping this override once several seeds confirm it.
+    #: against 0.293 frozen (1000 steps, one seed). With the decoder that binds (fan_in, no
+    #: dropout) every trainable variant lost colour inside this training (0.18-0.20 against
+    #: 0.49 frozen, PrismerZ, seed 0: patch or conv stem, 64 or 128 px), though on its own a
+    #: trainable conv stem learns the cells' shapes best (docs/benchmarks.md, issue 13, session 4).
     frozen: tuple[str, ...] = ("vision.backbone", "vision.embeddings")
     #: The RGB tokens do not attend to the expert latents (spec ``resampler.rgb_attends_latents``),
     #: so they stay what the frozen ViT makes of the image. With the paper's full attention the
