@@ -61,6 +61,7 @@ def main() -> None:
     from prismer_core.demo.scenes import scene_of
     from prismer_core.model.decoder import TextDecoder
     from prismer_core.text import TextCodec, task_prompt
+    from prismer_core.train.engine import parameter_groups
 
     parser = short_run_parser(__doc__)
     parser.add_argument("--no-captions", action="store_true", help="train on the questions alone")
@@ -126,10 +127,7 @@ def main() -> None:
         scores["all"] = round(sum(map(sum, right.values())) / sum(map(len, right.values())), 3)
         return scores
 
-    matrices = [p for n, p in decoder.named_parameters() if p.ndim >= 2 and "norm" not in n]
-    others = [p for n, p in decoder.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.05}, {"params": others, "weight_decay": 0.0}],
-                                  lr=args.lr, fused=True)
+    optimizer = torch.optim.AdamW(parameter_groups(decoder, weight_decay=0.05), lr=args.lr, fused=True)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, round(0.05 * args.steps)), args.steps)
     start, window = time.perf_counter(), 0.0
     for step in range(1, args.steps + 1):
