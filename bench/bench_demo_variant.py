@@ -30,6 +30,7 @@ def main() -> None:
 
     from prismer_core.demo.evaluation import evaluate_demo
     from prismer_core.demo.run import DemoSettings
+    from prismer_core.experts.settings import parse_key_values
     from prismer_core.train import train
     from prismer_core.train.run_dir import RunDir
 
@@ -50,10 +51,9 @@ def main() -> None:
     settings = DemoSettings(threads=args.threads)
     folder = args.demo / "variants" / args.name
     config = settings.train_config(folder, args.demo / "data", args.demo / "labels", experts, args.seed)
-    for pair in args.set:
-        key, value = pair.split("=", 1)
+    for key, value in parse_key_values(args.set, "--set", "image_size=128").items():
         config.spec_overrides[key] = yaml.safe_load(value)
-    config.lr_scales = {part: float(factor) for part, factor in (pair.split("=", 1) for pair in args.lr_scale)}
+    config.lr_scales = parse_key_values(args.lr_scale, "--lr-scale", "vision.backbone=0.1")
     if args.steps:
         config.max_steps = args.steps
     if args.batch_size:

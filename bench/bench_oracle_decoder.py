@@ -23,6 +23,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,12 +48,24 @@ def short_run_parser(doc: str) -> argparse.ArgumentParser:
 
 def seeded_tiny_spec(args: argparse.Namespace):
     """Seed torch and random, set the threads, and load the tiny spec with ``--set``'s overrides."""
+    from prismer_core.experts.settings import parse_key_values
     from prismer_core.specs import load_spec
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    return load_spec("tiny", overrides={key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
+    overrides = parse_key_values(args.set, "--set", "image_size=128")
+    return load_spec("tiny", overrides={key: yaml.safe_load(value) for key, value in overrides.items()})
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``; a PrismerError (a bad --set, a missing folder) ends it with its one-line message."""
+    from prismer_core.errors import PrismerError
+
+    try:
+        main()
+    except PrismerError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def main() -> None:
@@ -147,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_oracle_decoder import seeded_tiny_spec, short_run_parser
+from bench_oracle_decoder import run_main, seeded_tiny_spec, short_run_parser
 from PIL import Image
 from torch import nn
 
@@ -110,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
