@@ -22,15 +22,13 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 
 def main() -> None:
     from rich.console import Console
 
     from prismer_core.demo.evaluation import evaluate_demo
     from prismer_core.demo.run import DemoSettings
-    from prismer_core.experts.settings import parse_key_values
+    from prismer_core.experts.settings import parse_key_values, parse_yaml_values
     from prismer_core.train import train
     from prismer_core.train.run_dir import RunDir
 
@@ -51,8 +49,7 @@ def main() -> None:
     settings = DemoSettings(threads=args.threads)
     folder = args.demo / "variants" / args.name
     config = settings.train_config(folder, args.demo / "data", args.demo / "labels", experts, args.seed)
-    for key, value in parse_key_values(args.set, "--set", "image_size=128").items():
-        config.spec_overrides[key] = yaml.safe_load(value)
+    config.spec_overrides.update(parse_yaml_values(args.set, "--set", "image_size=128"))
     config.lr_scales = parse_key_values(args.lr_scale, "--lr-scale", "vision.backbone=0.1")
     if args.steps:
         config.max_steps = args.steps

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 
 def parse_args(argv=None):
@@ -62,19 +61,6 @@ def parse_args(argv=None):
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--tag", default="")
     return parser.parse_args(argv)
-
-
-def assignments(items) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        value = yaml.safe_load(value)
-        try:  # YAML 1.1 reads 3e-4 as a string
-            value = float(value) if isinstance(value, str) else value
-        except ValueError:
-            pass
-        out[key.strip()] = value
-    return out
 
 
 # -- ground truth of the demo scenes -----------------------------------------------------------
@@ -121,6 +107,7 @@ class Probe:
         from prismer_core.data.dataset import TrainingData
         from prismer_core.data.manifest import load_data
         from prismer_core.demo.scenes import SceneOptions
+        from prismer_core.experts.settings import parse_yaml_values
         from prismer_core.model import build_model
         from prismer_core.specs import load_spec
         from prismer_core.train.config import TrainConfig
@@ -131,8 +118,8 @@ class Probe:
         tasks = list(args.tasks.split(","))
         self.config = TrainConfig(data=[str(args.data / "train.jsonl")], out="-", experts=[e for e in args.experts.split(",") if e],
                                   labels=str(args.labels) if args.labels else None, tasks=tasks, spec=args.spec,
-                                  spec_overrides=assignments(args.spec_set), max_steps=args.steps,
-                                  batch_size=args.batch_size, seed=args.seed, **assignments(args.train_set))
+                                  spec_overrides=parse_yaml_values(args.spec_set, "--set", "image_size=128"), max_steps=args.steps,
+                                  batch_size=args.batch_size, seed=args.seed, **parse_yaml_values(args.train_set, "--train-set", "lr=3e-4"))
         config = self.config
         specs = require_experts(config)
         torch.manual_seed(args.seed)  # as training does: the same initial weights for a seed

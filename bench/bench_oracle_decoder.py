@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 
 def short_run_parser(doc: str) -> argparse.ArgumentParser:
@@ -48,14 +47,13 @@ def short_run_parser(doc: str) -> argparse.ArgumentParser:
 
 def seeded_tiny_spec(args: argparse.Namespace):
     """Seed torch and random, set the threads, and load the tiny spec with ``--set``'s overrides."""
-    from prismer_core.experts.settings import parse_key_values
+    from prismer_core.experts.settings import parse_yaml_values
     from prismer_core.specs import load_spec
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    overrides = parse_key_values(args.set, "--set", "image_size=128")
-    return load_spec("tiny", overrides={key: yaml.safe_load(value) for key, value in overrides.items()})
+    return load_spec("tiny", overrides=parse_yaml_values(args.set, "--set", "image_size=128"))
 
 
 def run_main(main: Callable[[], None]) -> None:

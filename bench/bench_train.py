@@ -297,9 +297,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if args.gpu:
-        import yaml
+        from prismer_core.experts.settings import parse_yaml_values
 
-        args.spec_set = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.spec_set)}
+        args.spec_set = parse_yaml_values(args.spec_set, "--spec-set", "image_size=32")
         args.expert_sets = [{"none": (), "six": SIX}[name] for name in args.expert_sets.split(",")]
     results = engine_bench(args) if args.gpu else cpu_bench(args)
     if results is None:  # not the main process

@@ -66,9 +66,7 @@ def train(
     --init-from RUN --experts edge,ocr,depth starts from RUN's weights and adds a fresh stem for depth.
     For several processes launch with `torchrun --nproc_per_node N -m prismer_cli.main train …`.
     """
-    import yaml
-
-    from prismer_core.experts.settings import parse_assignments, parse_key_values
+    from prismer_core.experts.settings import parse_assignments, parse_key_values, parse_yaml_values
     from prismer_core.registry import parse_expert_names
     from prismer_core.train import train as run_training
 
@@ -78,7 +76,7 @@ def train(
     config = TrainConfig(
         data=[str(p) for p in data], out=str(out or Path("runs") / f"{name}-{'-'.join(names) or 'rgb'}"),
         spec=spec, experts=names, init_from=init_from, expert_dropout=expert_dropout, tasks=task.split(","), val_data=[str(p) for p in val_data],
-        spec_overrides={key: yaml.safe_load(value) for key, value in parse_key_values(spec_set, "--spec-set", "image_size=128").items()},
+        spec_overrides=parse_yaml_values(spec_set, "--spec-set", "image_size=128"),
         expert_settings=parse_assignments(assignments, known_experts=names) if assignments else {},
         **{key: str(value) if value is not None else None for key, value in paths.items()},
         max_steps=max_steps, batch_size=batch_size, lr=lr,

@@ -13,7 +13,6 @@ built (on the meta device) and counted without downloading anything.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.resources
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from .errors import PrismerError
+from .errors import PrismerError, did_you_mean
 
 #: The trainable parts of a model, as named by ``frozen`` and by ``parameter_report()``.
 PART_NAMES = (
@@ -346,10 +345,8 @@ def _find(spec: str) -> Path:
     known = list_specs()
     if spec in known:
         return data_dir() / f"{spec}.yaml"
-    close = difflib.get_close_matches(spec, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ModelSpecError(
-        f"unknown model spec {spec!r}{hint} (bundled: {', '.join(known)}; or give a path to a .yaml file)"
+        f"unknown model spec {spec!r}{did_you_mean(spec, known)} (bundled: {', '.join(known)}; or give a path to a .yaml file)"
     )
 
 

@@ -180,6 +180,15 @@ def test_unusable_experts_are_refused_before_any_work(cli, demo, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
+def test_bad_spec_overrides_are_one_line_errors(cli, demo, tmp_path):
+    base = ["train", "--data", demo / "train.jsonl", "--out", tmp_path / "run", "--max-steps", "1", *SMALL]
+    unparsable = cli(*base, "--spec-set", "frozen=[vision.backbone", check=False)
+    assert unparsable.exit_code == 1 and "--spec-set frozen=[vision.backbone: not a YAML value" in unparsable.stderr
+    no_value = cli(*base, "--spec-set", "image_size", check=False)
+    assert no_value.exit_code == 1 and "--spec-set 'image_size': write KEY=VALUE" in no_value.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_experts_from_a_label_store(cli, demo, tmp_path):
     """edge + ocr maps written by `prismer label` on a folder of the photos, read back for
     training from a manifest that names the same files by other paths (found by content)."""

@@ -103,6 +103,20 @@ def parse_key_values(values: Iterable[str], flag: str, example: str) -> dict[str
     return result
 
 
+def parse_yaml_values(values: Iterable[str], flag: str, example: str) -> dict[str, Any]:
+    """As :func:`parse_key_values`, each value read as YAML (``128`` an int, ``[a, b]`` a list,
+    ``null`` None), the way spec overrides (``--spec-set``) are given."""
+    import yaml
+
+    result: dict[str, Any] = {}
+    for key, value in parse_key_values(values, flag, example).items():
+        try:
+            result[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SettingError(f"{flag} {key}={value}: not a YAML value ({str(exc).splitlines()[0]})") from None
+    return result
+
+
 class ExpertOptions(BaseModel):
     """The settings of an expert, as a pydantic model: each field is a setting (its type, its
     default, its comment in docs/experts.md). Unknown keys are refused; strings from the

@@ -7,7 +7,6 @@ because the embedding cache and the fitted projection are both keyed by it.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from abc import ABC, abstractmethod
@@ -15,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import PrismerError
+from ..errors import PrismerError, did_you_mean
 from ..experts.contract import Readiness
 from ..experts.settings import merged_settings
 from ..registry import LOAD_PLUGINS_ENV, Registry, get_registry
@@ -168,9 +167,7 @@ def _instantiate(registry: Registry, name: str, settings: dict[str, Any]) -> Tex
     entry = registry.embedders.get(name)
     if entry is None:
         known = sorted(registry.embedders)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise EmbedderError(f"unknown text embedder '{name}'{hint} (available: {', '.join(known)})")
+        raise EmbedderError(f"unknown text embedder '{name}'{did_you_mean(name, known, n=3)} (available: {', '.join(known)})")
     if not (isinstance(entry.cls, type) and issubclass(entry.cls, TextEmbedder)):
         raise EmbedderError(
             f"text embedder '{name}' from {entry.plugin.package} is broken: "

@@ -294,6 +294,8 @@ class _Loop:
         if self.step == self.saved_step or self.step == 0:
             return
         folder = self.run_dir.checkpoint_path(self.step)
+        # Not atomic.staged_directory: every rank writes its share of the training state into
+        # this folder between barriers, so it needs a name all ranks know, not a random one.
         partial = folder.parent / f".{folder.name}.trainer.partial"
         extra = {"training": {"step": self.step, "tasks": self.config.tasks, "caption_prompt": self.config.caption_prompt,
                               "max_text_length": self.config.max_text_length, "run": str(self.run_dir.root),
