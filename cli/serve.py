@@ -94,7 +94,7 @@ def _examples(folder: Path | None, predictor):
             raise PrismerError(f"--examples {folder}: {exc}") from None
     if predictor is None:
         return Examples([])
-    return Examples.from_checkpoint_data(read_checkpoint_info(predictor.checkpoint).extra)
+    return Examples.from_checkpoint_data(read_checkpoint_info(predictor.checkpoint).extra, predictor.checkpoint)
 
 
 def _is_loopback(host: str) -> bool:

@@ -214,6 +214,20 @@ def _wait(condition, timeout=10.0):
         time.sleep(0.01)
 
 
+def test_examples_are_the_test_images_of_the_checkpoints_run_from_any_directory(trained, monkeypatch, tmp_path):
+    """`prismer train --out runs/edge` records its run folder relative to where it ran; `prismer
+    serve --checkpoint` started elsewhere finds the examples through the checkpoint's own run."""
+    from prismer_core.checkpoint import read_checkpoint_info
+
+    extra = read_checkpoint_info(trained.checkpoint).extra
+    relative = {**extra, "training": {**extra["training"], "run": "runs/edge"}}
+    monkeypatch.chdir(tmp_path)
+    test_images = {p.resolve() for p in (trained.demo / "images" / "test").iterdir()}
+    assert 0 < len(test_images) <= 12
+    assert {e.path.resolve() for e in Examples.from_checkpoint_data(relative, trained.checkpoint).items} == test_images
+    assert len(Examples.from_checkpoint_data(relative)) == 0  # the recorded folder alone is not found from here
+
+
 # -- the web API, in process ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,10 @@ def test_the_page_in_chromium_shows_panels_caption_and_answers(trained, server, 
     assert browser.save_screenshot(str(screenshot))
     assert Image.open(screenshot).size[0] >= 1000
 
+    browser.find_element(By.CSS_SELECTOR, "input[name=expert][value=ocr]").click()  # untick OCR: the panels redraw
+    until(browser, lambda d: sorted(panel_images(d)) == ["edge"], "the panels without OCR")
+    assert text(browser, "caption") == caption and text(browser, "answer") == rows[0][0]
+
     browser.find_element(By.ID, "question").clear()
     browser.find_element(By.ID, "ask").click()
     until(browser, lambda d: "the question is empty" in text(d, "error"), "the empty-question message")

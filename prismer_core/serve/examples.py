@@ -48,9 +48,12 @@ class Examples:
         return cls(_files(folder), str(folder))
 
     @classmethod
-    def from_checkpoint_data(cls, checkpoint_extra: dict) -> "Examples":
-        """The held-out images of the data a checkpoint was trained on, when they are still there."""
-        for manifest in _held_out_manifests(checkpoint_extra):
+    def from_checkpoint_data(cls, checkpoint_extra: dict, checkpoint: str | Path | None = None) -> "Examples":
+        """The held-out images of the data a checkpoint was trained on, when they are still there.
+
+        ``checkpoint``: the checkpoint's folder, whose run folder is looked in when the one the
+        checkpoint records is not found (it is recorded as given to training, maybe relative)."""
+        for manifest in _held_out_manifests(checkpoint_extra, checkpoint):
             try:
                 paths = _files(manifest)
             except (BadInputError, OSError):
@@ -66,15 +69,19 @@ def _files(source: str | Path) -> list[Path]:
     return [image.path for image in read_images(source) if isinstance(image, ImageFile)]
 
 
-def _held_out_manifests(checkpoint_extra: dict) -> list[Path]:
+def _held_out_manifests(checkpoint_extra: dict, checkpoint: str | Path | None = None) -> list[Path]:
     """test.jsonl beside each training manifest, then the validation manifests, of the run
-    recorded in the checkpoint (``extra.training.run``/run.json)."""
-    run = (checkpoint_extra.get("training") or {}).get("run")
-    if not run:
-        return []
-    try:
-        config = json.loads((Path(run) / "run.json").read_text()).get("config", {})
-    except (OSError, ValueError):
-        return []
-    beside = [Path(p).with_name("test.jsonl") for p in config.get("data", []) if str(p).endswith(".jsonl")]
-    return [p for p in [*beside, *map(Path, config.get("val_data", []))] if p.is_file()]
+    recorded in the checkpoint (``extra.training.run``/run.json), else of the run folder that
+    holds the checkpoint (``RUN/checkpoints/step-N``)."""
+    recorded = (checkpoint_extra.get("training") or {}).get("run")
+    runs = [Path(recorded)] if recorded else []
+    if checkpoint is not None:
+        runs.append(Path(checkpoint).resolve().parent.parent)
+    for run in runs:
+        try:
+            config = json.loads((run / "run.json").read_text()).get("config", {})
+        except (OSError, ValueError):
+            continue
+        beside = [Path(p).with_name("test.jsonl") for p in config.get("data", []) if str(p).endswith(".jsonl")]
+        return [p for p in [*beside, *map(Path, config.get("val_data", []))] if p.is_file()]
+    return []
