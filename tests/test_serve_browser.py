@@ -61,17 +61,21 @@ def text(driver, element_id: str) -> str:
 
 
 def panel_images(driver) -> dict[str, Image.Image]:
-    """Each shown panel's PNG, decoded from the page's own <img> source."""
+    """Each shown panel's PNG, decoded from the page's own <img> source.
+
+    Read in one script so that a redraw between two WebDriver calls cannot leave a stale element.
+    """
+    shown = driver.execute_script(
+        "return [...document.querySelectorAll('#panels figure')]"
+        ".filter(f => f.querySelector('img')).map(f => [f.dataset.expert, f.querySelector('img').src])"
+    )
     pictures = {}
-    for figure in driver.find_elements(By.CSS_SELECTOR, "#panels figure"):
-        images = figure.find_elements(By.TAG_NAME, "img")
-        if images:
-            source = images[0].get_attribute("src")
-            assert source.startswith("data:image/png;base64,")
-            picture = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
-            picture.load()
-            assert picture.format == "PNG"
-            pictures[figure.get_attribute("data-expert")] = picture
+    for expert, source in shown:
+        assert source.startswith("data:image/png;base64,")
+        picture = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        picture.load()
+        assert picture.format == "PNG"
+        pictures[expert] = picture
     return pictures
 
 
