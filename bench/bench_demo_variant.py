@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the demo's")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        help="also keep RUN/checkpoints/step-N every N steps (to probe what a run kept when)")
     parser.add_argument("--results", type=Path, default=None, help="JSON lines (default DEMO/variants/results.jsonl)")
     args = parser.parse_args()
 
@@ -55,6 +57,8 @@ def main() -> None:
         config.max_steps = args.steps
     if args.batch_size:
         config.batch_size = args.batch_size
+    if args.checkpoint_every:
+        config.checkpoint_every, config.keep_checkpoints = args.checkpoint_every, 1000
     config.validate()
 
     console = Console(stderr=True, soft_wrap=True, width=160)

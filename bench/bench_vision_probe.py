@@ -15,6 +15,10 @@ instead of learning shapes.
         --set 'frozen=[vision.backbone, vision.embeddings]'
     .venv/bin/python bench/bench_vision_probe.py --data D --set image_size=128 --set vision.rgb_stem=conv
 
+``--encoder-from CHECKPOINT`` probes the encoder of a trained PrismerZ checkpoint instead (its
+spec, its weights, all of it frozen: only the heads learn): what a run's training kept in the
+vision tokens; probing a run's ``checkpoints/step-N`` folders in turn shows when it was lost.
+
 Images are resized (bicubic) and normalised as the spec says, with no augmentation. Results:
 docs/benchmarks.md, issue 13, "Session 4".
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,12 +41,24 @@ from torch import nn
 def main() -> None:
     from prismer_core.demo.scenes import scene_of
     from prismer_core.model.layers import MultiHeadAttention
-    from prismer_core.model.prismer import build_model
+    from prismer_core.checkpoint import resolve_checkpoint
+    from prismer_core.errors import PrismerError
+    from prismer_core.model.prismer import Prismer, build_model
 
-    args = short_run_parser(__doc__).parse_args()
+    parser = short_run_parser(__doc__)
+    parser.add_argument("--encoder-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="probe this PrismerZ checkpoint's encoder, frozen (its spec; --set is not allowed)")
+    args = parser.parse_args()
     spec = seeded_tiny_spec(args)
-    model = build_model(spec)
-    model.apply_freezing()
+    if args.encoder_from is not None:
+        if args.set:
+            raise PrismerError("--encoder-from uses the checkpoint's spec: leave out --set")
+        model = Prismer.from_pretrained(resolve_checkpoint(args.encoder_from), experts={})
+        model.requires_grad_(False)
+        spec = model.spec
+    else:
+        model = build_model(spec)
+        model.apply_freezing()
     encoder, size, width = model.encoder, spec.image_size, model.encoder.width
     mean, std = torch.tensor(spec.image_mean).view(3, 1, 1), torch.tensor(spec.image_std).view(3, 1, 1)
     demo = json.loads((args.data / "demo.json").read_text())

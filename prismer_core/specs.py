@@ -41,6 +41,7 @@ PART_NAMES = (
     "decoder.lora",
     "decoder.lm",
     "contrastive",
+    "reconstruction",
 )
 Part = Literal[PART_NAMES]  # type: ignore[valid-type]
 
@@ -238,6 +239,18 @@ class ContrastiveSpec(_Strict):
     vision_gradient: bool = True
 
 
+class ReconstructionSpec(_Strict):
+    """Pixel reconstruction from the RGB patch tokens (:mod:`prismer_core.model.reconstruction`),
+    for a vision tower trained from scratch: the language loss alone lets it drop what the
+    decoder does not read yet. Off (``weight`` 0, no head) by default, and in the paper's specs,
+    whose towers are pre-trained."""
+
+    #: Weight of the reconstruction error in the training loss; 0 builds no head.
+    weight: float = Field(0.0, ge=0)
+    #: Each patch is read back pooled to size × size pixels.
+    size: int = Field(4, ge=1)
+
+
 class ModelSpec(_Strict):
     """Everything needed to build a Prismer model, except the expert set (chosen per run)."""
 
@@ -257,6 +270,8 @@ class ModelSpec(_Strict):
     instance_slots: int = Field(128, ge=1)
     #: The contrastive pass for retrieval and zero-shot classification (off: the paper's model).
     contrastive: ContrastiveSpec = ContrastiveSpec()
+    #: Pixel reconstruction from the RGB tokens, for a tower trained from scratch (off: the paper's model).
+    reconstruction: ReconstructionSpec = ReconstructionSpec()
     #: Parts whose parameters stay frozen (see PART_NAMES); the rest is trained.
     frozen: tuple[Part, ...] = ()  # type: ignore[valid-type]
 

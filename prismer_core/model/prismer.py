@@ -38,6 +38,7 @@ from .causal_lm import CausalLMDecoder, LMCache, load_language_model
 from .contrastive import ContrastiveHeads, contrastive_loss
 from .decoder import DecoderCache, TextDecoder, load_pretrained_decoder
 from .generation import beam_search, greedy_search
+from .reconstruction import PixelReconstruction
 from .vision import VisionEncoder, load_vision_tower
 
 #: Which part each parameter belongs to, by name; every parameter matches exactly one.
@@ -56,6 +57,7 @@ PART_PATTERNS: tuple[tuple[str, str], ...] = (
     ("decoder.lora", r"decoder\.lm\..*\.lora_"),
     ("decoder.lm", r"decoder\.lm\."),
     ("contrastive", r"contrastive\."),
+    ("reconstruction", r"reconstruction\."),
 )
 assert tuple(part for part, _ in PART_PATTERNS) == PART_NAMES
 
@@ -73,6 +75,8 @@ class PrismerOutput:
     logits: torch.Tensor  # [B, T, V]; with labels, [N, V] for the N predicted positions only
     #: With image-text pairs given: the contrastive (InfoNCE) loss over the global batch.
     contrastive_loss: torch.Tensor | None = None
+    #: With labels and the spec's pixel reconstruction: its mean squared error (unweighted).
+    reconstruction_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class Prismer(nn.Module):
         if spec.contrastive.enabled:  # built last: every other weight starts as without it
             self.contrastive = ContrastiveHeads(spec.contrastive, self.encoder.width, self.encoder.blocks[0].attn.num_heads,
                                                 spec.decoder.hidden, spec.decoder.heads)
+        self.reconstruction = (  # after the contrastive heads, for the same reason
+            PixelReconstruction(spec.reconstruction, self.encoder.width) if spec.reconstruction.weight > 0 else None
+        )
         #: Names of the weights that came from the backbones' sources (not saved in checkpoints).
         self.pretrained_names: frozenset[str] = frozenset()
         #: The causal LM's files and hash (recorded in checkpoints; None for the other decoder).
@@ -204,7 +211,12 @@ class Prismer(nn.Module):
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         predicted = targets != -100
         logits = self.decoder.logits(hidden[predicted])
-        return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits, contrastive_loss=contrastive)
+        reconstruction = None
+        if self.reconstruction is not None:  # the RGB patch tokens follow the class token
+            patches = vision[:, 1 : 1 + self.encoder.grid**2]
+            reconstruction = self.reconstruction(patches, inputs.rgb.to(vision.dtype))
+        return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits, contrastive_loss=contrastive,
+                             reconstruction_loss=reconstruction)
 
     def _contrastive_loss(self, vision: torch.Tensor, pairs: PairedText) -> torch.Tensor:
         heads = self.contrastive_heads

@@ -87,11 +87,15 @@ def label_tokens(labels: torch.Tensor) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-def training_losses(output, contrastive_weight: float) -> list[torch.Tensor]:
-    """The generative loss, and the contrastive one times its weight when the model made one."""
+def training_losses(output, contrastive_weight: float, reconstruction_weight: float = 0.0) -> list[torch.Tensor]:
+    """The generative loss (plus the pixel reconstruction's times its weight, which trains the
+    same vision tokens), and the contrastive one times its weight when the model made one."""
+    generative = output.loss
+    if output.reconstruction_loss is not None and reconstruction_weight:
+        generative = generative + reconstruction_weight * output.reconstruction_loss
     if output.contrastive_loss is None or not contrastive_weight:
-        return [output.loss]
-    return [output.loss, contrastive_weight * output.contrastive_loss]
+        return [generative]
+    return [generative, contrastive_weight * output.contrastive_loss]
 
 
 def clips_each_loss(config: TrainConfig, contrastive_weight: float) -> bool:
@@ -155,6 +159,8 @@ class Engine:
         self.clips_each_loss = clips_each_loss(config, self.contrastive_weight)
         #: The contrastive loss of the last step (None: the step had none).
         self.last_contrastive: float | None = None
+        #: This process's pixel-reconstruction loss of the last step (None: the model has none).
+        self.last_reconstruction: float | None = None
 
     def losses(self, output) -> list[torch.Tensor]:
         """What a step minimises (:func:`training_losses`); the contrastive loss is kept in
@@ -162,7 +168,9 @@ class Engine:
         a run without the contrastive pass."""
         uses_contrastive = output.contrastive_loss is not None and bool(self.contrastive_weight)
         self.last_contrastive = float(output.contrastive_loss.detach().float()) if uses_contrastive else None
-        return training_losses(output, self.contrastive_weight)
+        reconstruction = output.reconstruction_loss
+        self.last_reconstruction = float(reconstruction.detach().float()) if reconstruction is not None else None
+        return training_losses(output, self.contrastive_weight, self.model.spec.reconstruction.weight)
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -289,6 +297,7 @@ class DeepSpeedEngine(Engine):
         #: given; the trainer says so when the run asked for it (``clip_each_loss``).
         self.clips_each_loss = False
         self.last_contrastive = None
+        self.last_reconstruction = None
 
     def deepspeed_config(self) -> dict[str, Any]:
         from ..specs import data_file

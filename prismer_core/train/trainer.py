@@ -229,6 +229,9 @@ class _Loop:
                 self.result.last_loss = mean_loss
                 contrastive = self.engine.last_contrastive  # the same global value on every process
                 self.result.last_contrastive_loss = contrastive
+                reconstruction = self.engine.last_reconstruction  # every process has one, or none has
+                if reconstruction is not None:
+                    (reconstruction,) = ctx.sum(reconstruction / ctx.world_size)
                 if self.step % config.log_every == 0 or self.step == config.max_steps:
                     elapsed = time.perf_counter() - window_start
                     speed = window_images / elapsed if elapsed > 0 else 0.0
@@ -236,6 +239,7 @@ class _Loop:
                     utilisation = mfu(speed, flops_per_image, str(ctx.device), ctx.world_size)
                     self._log({"step": self.step, "loss": round(mean_loss, 5), "lr": lr,
                                **({"contrastive_loss": round(contrastive, 5)} if contrastive is not None else {}),
+                               **({"reconstruction_loss": round(reconstruction, 5)} if reconstruction is not None else {}),
                                "images_per_s": round(speed, 2), "epoch": round(epoch, 3),
                                "mfu": round(utilisation, 4) if utilisation is not None else None})
                     progress.update(task, loss=f"{mean_loss:.3f}", speed=f"{speed:.1f}",
