@@ -33,8 +33,10 @@ import time
 from datetime import date
 
 SHAPES = {
-    # tiny: vision 192 wide, 4 layers, 3 heads, patch 16; decoder 192/4/3, intermediate 768, vocab 50,265
-    "tiny": ("tiny", {"decoder.vocab_size": 50265, "frozen": ["vision.backbone", "decoder.backbone"]}, 8),
+    # tiny: vision 192 wide, 4 layers, 3 heads, patch 16; decoder 192/4/3, intermediate 768, vocab 50,265;
+    # the reference's patchify layer and no reconstruction head, so both sides compute the same model
+    "tiny": ("tiny", {"decoder.vocab_size": 50265, "frozen": ["vision.backbone", "decoder.backbone"],
+                      "vision.rgb_stem": "patch", "reconstruction.weight": 0.0}, 8),
     # base: ViT-B/16 + roberta-base shapes, random init
     "base": ("base", {"vision.pretrained": None, "decoder.weights": None}, 4),
     # smol: the tiny vision side + SmolLM2-135M frozen (issue 14), random weights from the spec's

@@ -5,7 +5,7 @@ takes in a new expert.
 The experts are the demo's, edge and ocr (the one a model cannot do without on word questions),
 and the new expert is saliency (the example plugin, plugins/prismer-saliency, which `make
 install` installs); maps are read from a label store written once. The recipe is the demo's
-(``prismer_core.demo.run.DemoSettings``: tiny spec, 64 px, frozen random ViT, lr 3e-4, batch
+(``prismer_core.demo.run.DemoSettings``: tiny spec, 64 px, lr 3e-4, batch
 16), with fewer scenes and steps when asked (``--n``, ``--steps``). Runs, all with ``--seed``:
 
 * ``scratch``: edge+ocr, no dropout, ``--steps`` steps (the demo's experts run);

@@ -74,9 +74,12 @@ def save_tiny_backbones(folder: Path, image_size: int = 64) -> tuple[Path, Path]
 
 
 def spec_with_local_backbones(clip_file: Path, roberta_dir: Path, **overrides):
-    """The tiny spec pointed at local weights the way a user points base at real ones."""
+    """The tiny spec pointed at local weights the way a user points base at real ones (with
+    the pre-trained tower's own patch embedding and no reconstruction head, as base has)."""
     return small_spec(**{
         "vision.pretrained": str(clip_file),
+        "vision.rgb_stem": "patch",
+        "reconstruction.weight": 0.0,
         "decoder.weights": str(roberta_dir),
         "decoder.pad_token_id": 1,
         "decoder.position_offset": 2,

@@ -60,15 +60,20 @@ def test_shapes_for_0_1_3_and_6_experts_and_constant_token_count(count):
 
 
 def test_stems_on_another_grid_than_the_patches_get_resized_positions():
-    """ViT-L/14 at 336 px has a 24×24 patch grid but 21×21 stem grids; 72 px with patch 16 is the tiny analogue."""
-    model = build_model(small_spec(image_size=72), experts("depth", "objdet"))
-    assert (model.encoder.grid, model.encoder.stem_grid) == (4, 5)
-    tokens = model.encode_images(make_batch(model))
-    assert tokens.shape == (2, 1 + 16 + 64, 192) and torch.isfinite(tokens).all()
+    """ViT-L/14 at 336 px has a 24×24 patch grid but 21×21 stem grids; 72 px with patch 16 is the
+    tiny analogue. Both RGB stems drop the 8 pixels past the last whole patch, as a patchify layer does."""
+    for rgb_stem in ("patch", "conv"):
+        model = build_model(small_spec(image_size=72, **{"vision.rgb_stem": rgb_stem}), experts("depth", "objdet"))
+        assert (model.encoder.grid, model.encoder.stem_grid) == (4, 5)
+        batch = make_batch(model)
+        tokens = model.encode_images(batch)
+        assert tokens.shape == (2, 1 + 16 + 64, 192) and torch.isfinite(tokens).all()
+        batch.rgb[..., 64:] = batch.rgb[..., 64:, :] = 0.0  # what lies past the last patch is not read
+        assert torch.equal(model.encode_images(batch), tokens)
 
 
 def test_prismerz_encoder_is_the_pretrained_vit_at_initialisation():
-    spec = small_spec()
+    spec = small_spec(**{"vision.rgb_stem": "patch"})  # the paper's patchify layer
     tower = load_vision_tower(spec)
     tower.output_tokens = True
     rgb = torch.randn(2, 3, 64, 64)
@@ -143,7 +148,8 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do():
     optimiser = torch.optim.SGD(trainable, lr=0.1)
     for _ in range(2):  # the adaptors' up-projections start at zero: their down-projections learn from step two
         optimiser.zero_grad()
-        model(batch, ids, labels=ids).loss.backward()
+        output = model(batch, ids, labels=ids)
+        (output.loss + output.reconstruction_loss).backward()  # the tiny spec's pixel reconstruction trains its head
         optimiser.step()
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:

@@ -11,7 +11,7 @@ from transformers import RobertaForCausalLM
 
 from prismer_core.text import TokenRows
 from model_helpers import experts, make_batch, save_tiny_backbones, spec_with_local_backbones
-from prismer_core.checkpoint import WEIGHTS_FILE, save_checkpoint
+from prismer_core.checkpoint import WEIGHTS_FILE, save_checkpoint, saved_weight_names
 from prismer_core.errors import PrismerError
 from prismer_core.model import Prismer, build_model
 
@@ -49,6 +49,14 @@ def test_backbone_weights_arrive_from_local_sources(backbones, model):
     assert all(name.startswith(("encoder.blocks", "encoder.patch", "encoder.class", "encoder.positional", "encoder.ln_",
                                 "decoder.embed", "decoder.lm_head", "decoder.layers")) for name in loaded)
     assert not any(".adaptor" in name or "stems" in name or "resampler" in name for name in loaded)
+
+
+def test_a_conv_stem_on_a_pretrained_tower_is_trained_and_saved_not_taken_from_the_source(backbones):
+    model = build_model(spec_with_local_backbones(*backbones, **{"vision.rgb_stem": "conv"}))
+    saved = set(saved_weight_names(model))
+    assert "encoder.blocks.2.mlp.c_fc.weight" in model.pretrained_names  # the tower's blocks still come from the file
+    stem = [name for name, _ in model.named_parameters() if name.startswith(("encoder.rgb_stem.", "encoder.patch_embed."))]
+    assert stem and all(name in saved and name not in model.pretrained_names for name in stem)
 
 
 def test_decoder_matches_transformers_roberta_at_initialisation(backbones, model):

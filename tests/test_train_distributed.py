@@ -158,8 +158,10 @@ CONTRASTIVE_SCRIPT = textwrap.dedent(
     rows = [caption[0], caption[1], question[2], question[3], question[0], question[1], caption[2], caption[3]]
     mine = rows[ctx.rank * 8 // ctx.world_size : (ctx.rank + 1) * 8 // ctx.world_size]
 
+    # the two passes only (no pixel reconstruction): the loss sums below name every output
+    spec = load_spec("tiny", {"image_size": 32, "contrastive.enabled": True, "reconstruction.weight": 0.0})
     torch.manual_seed(0)
-    model = build_model(load_spec("tiny", {"image_size": 32, "contrastive.enabled": True}), {}).eval()  # no dropout
+    model = build_model(spec, {}).eval()  # no dropout
     data = TrainingData(samples, SampleEncoder(PairedTransform(32), model.image_mean, model.image_std, {}), describe=True)
     batch = Collator(TextCodec.for_decoder(model.spec.decoder), contrastive=True)([data[(i, i)] for i in mine])
     wrapped = model
@@ -190,7 +192,7 @@ CONTRASTIVE_SCRIPT = textwrap.dedent(
     from prismer_core.train.config import TrainConfig
     from prismer_core.train.engine import make_engine
     torch.manual_seed(0)
-    fresh = build_model(load_spec("tiny", {"image_size": 32, "contrastive.enabled": True}), {}).eval()
+    fresh = build_model(spec, {}).eval()
     config = TrainConfig(data=[manifest], out="-", grad_clip=0.5, engine="ddp" if ctx.active else "plain")
     engine = make_engine(config.engine, fresh, config, ctx)
     with engine.unsynced():

@@ -53,7 +53,7 @@ def test_a_conv_stem_ends_in_the_patch_grid_with_its_own_projection():
 def test_prismerz_with_a_timm_tower_is_that_vit_at_initialisation():
     """With the patchify stem, the encoder runs timm's own blocks: PrismerZ's tokens are what
     the timm model's ``forward_features`` gives (adaptors start as the identity)."""
-    model_spec = spec(TIMM)
+    model_spec = spec(TIMM, **{"vision.rgb_stem": "patch"})
     tower = load_vision_tower(model_spec)
     rgb = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_timm_weights_load_from_a_local_file_through_timm(tmp_path):
     source = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=0, depth=2, patch_size=8)
     weights = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
-    model = build_model(spec(TIMM, **{"vision.pretrained": str(weights), "frozen": ["vision.backbone"]}), {})
+    model = build_model(spec(TIMM, **{"vision.pretrained": str(weights), "frozen": ["vision.backbone"], "vision.rgb_stem": "patch"}), {})
     ours = dict(model.named_parameters())
     assert torch.equal(ours["encoder.blocks.1.attn.qkv.weight"], source.blocks[1].attn.qkv.weight)
     assert torch.equal(ours["encoder.patch_embed.weight"], source.patch_embed.proj.weight)

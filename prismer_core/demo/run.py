@@ -77,20 +77,15 @@ class DemoSettings:
     #: (a quarter to a half of its cross-attention with 16 latents): with 4, edge+ocr scored 0.376
     #: on the validation split against 0.314 with 16 (PrismerZ 0.359).
     latents: int = 4
-    #: The random tiny ViT stays frozen, as the paper's pre-trained one does: trained from
-    #: scratch on 256 scenes its output collapsed to the same tokens for every image within 100
-    #: steps, and both runs then answered from the language prior alone (VQA accuracy 0.17).
-    #: That collapse is the generative loss's: with the contrastive pass (`--contrastive`)
-    #: a trainable tower keeps its images apart, and PrismerZ scored 0.327 on validation VQA
-    #: against 0.293 frozen (1000 steps, one seed). With the decoder that binds (fan_in, no
-    #: dropout) every trainable variant lost colour inside this training (0.18-0.20 against
-    #: 0.49 frozen, PrismerZ, seed 0: patch or conv stem, 64 or 128 px), though on its own a
-    #: trainable conv stem learns the cells' shapes best (docs/benchmarks.md, issue 13, session 4).
-    frozen: tuple[str, ...] = ("vision.backbone", "vision.embeddings")
+    #: The vision tower trains, with the tiny spec's own defaults (conv stem, pixel
+    #: reconstruction): the demo once froze it because, trained by the language loss alone, it
+    #: lost colour (a probe on its tokens: 0.61 -> 0.36 in 400 steps) and the colour questions fell
+    #: to chance; with reconstruction PrismerZ answers 0.418 ± 0.019 over three seeds against
+    #: 0.379 ± 0.020 frozen (docs/benchmarks.md, issue 13, session 6).
     #: The RGB tokens do not attend to the expert latents (spec ``resampler.rgb_attends_latents``),
-    #: so they stay what the frozen ViT makes of the image. With the paper's full attention the
+    #: so they stay what the ViT makes of the image. With the paper's full attention the
     #: latents, nearly the same for every image early on, diluted them: on the validation split
-    #: edge+ocr answered 0.32 against PrismerZ's 0.35 (320 scenes, 1000 steps, same seed); one-way, 0.35 both.
+    #: edge+ocr answered 0.32 against PrismerZ's 0.35 (320 scenes, 1000 steps, same seed, tower frozen); one-way, 0.35 both.
     rgb_attends_latents: bool = False
     #: Steps of the third run (edge+ocr with SmolLM2-135M frozen, spec ``smol``); 0: no third
     #: run. Off by default: the two tiny runs already take 12 of `make demo`'s 15 minutes on 2
@@ -122,7 +117,7 @@ class DemoSettings:
             data=[str(data / "train.jsonl")], val_data=[str(data / "val.jsonl")], out=str(out),
             spec=spec, experts=list(experts),
             spec_overrides={
-                "image_size": self.image_size, "frozen": [*self.frozen, *(["decoder.lm"] if llm else [])],
+                "image_size": self.image_size,
                 "resampler.latents": self.latents, "resampler.rgb_attends_latents": self.rgb_attends_latents,
                 "contrastive.enabled": self.contrastive and not llm,  # the LLM side has no text-only pass
             },

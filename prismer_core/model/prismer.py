@@ -101,12 +101,12 @@ class Prismer(nn.Module):
             self.decoder = CausalLMDecoder(spec.decoder, self.encoder.width, language_model)
         else:
             self.decoder = TextDecoder(spec.decoder, self.encoder.width, spec.adaptor_ratio)
+        self.reconstruction = (  # built after the rest of the model, which then starts as without it
+            PixelReconstruction(spec.reconstruction, self.encoder.width) if spec.reconstruction.weight > 0 else None
+        )
         if spec.contrastive.enabled:  # built last: every other weight starts as without it
             self.contrastive = ContrastiveHeads(spec.contrastive, self.encoder.width, self.encoder.blocks[0].attn.num_heads,
                                                 spec.decoder.hidden, spec.decoder.heads)
-        self.reconstruction = (  # after the contrastive heads, for the same reason
-            PixelReconstruction(spec.reconstruction, self.encoder.width) if spec.reconstruction.weight > 0 else None
-        )
         #: Names of the weights that came from the backbones' sources (not saved in checkpoints).
         self.pretrained_names: frozenset[str] = frozenset()
         #: The causal LM's files and hash (recorded in checkpoints; None for the other decoder).
@@ -429,7 +429,10 @@ def build_model(
         model = Prismer(spec, experts, tower, language_model)
     pretrained: set[str] = set()
     if spec.vision.pretrained and not meta:
-        pretrained |= {f"encoder.{name}" for name, _ in model.encoder.named_parameters() if part_of(f"encoder.{name}") in ("vision.backbone", "vision.embeddings")}
+        # a conv stem (and the projection it ends in) replaces the tower's patchify layer: not from the source
+        replaced = ("rgb_stem.", "patch_embed.") if model.encoder.rgb_stem is not None else ()
+        pretrained |= {f"encoder.{name}" for name, _ in model.encoder.named_parameters()
+                       if part_of(f"encoder.{name}") in ("vision.backbone", "vision.embeddings") and not name.startswith(replaced)}
     if isinstance(model.decoder, CausalLMDecoder):
         if lm_files is not None:  # frozen LM weights are found again from their source, never copied
             pretrained |= {f"decoder.{name}" for name in model.decoder.pretrained_names()}

@@ -214,6 +214,7 @@ class VisionEncoder(nn.Module):
             self._branches = _open_clip_branches
         self.width = self.patch_embed.out_channels
         self.rgb_stem: nn.Module | None = None
+        self.patch_size = self.patch_embed.stride[0]
         if spec.vision.rgb_stem == "conv":
             self.rgb_stem, self.patch_embed = conv_patch_embedding(self.patch_embed.stride[0], self.width)
         hidden = max(1, round(self.width * spec.adaptor_ratio))
@@ -258,7 +259,11 @@ class VisionEncoder(nn.Module):
         """RGB [B, 3, S, S] and expert maps -> vision tokens [B, num_tokens, width].
 
         ``present``: per expert, [B] bool, which samples have its map (absent key: all do)."""
-        features = rgb if self.rgb_stem is None else self.rgb_stem(rgb)
+        if self.rgb_stem is None:
+            features = rgb
+        else:  # the pixels past the last whole patch are dropped, as the patchify layer drops them
+            covered = self.grid * self.patch_size
+            features = self.rgb_stem(rgb[..., :covered, :covered])
         x = self.patch_embed(features).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.reshape(1, 1, -1).expand(x.shape[0], 1, -1), x], dim=1)
         x = x + self.positional_embedding.reshape(1, -1, self.width)
