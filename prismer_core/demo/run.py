@@ -57,7 +57,8 @@ LLM_RUN = DemoRun("llm", "edge+ocr+SmolLM2", ("edge", "ocr"), spec="smol")
 @dataclass
 class DemoSettings:
     """Sizes chosen so the whole demo stays under 10 minutes on 2 CPU cores after the install
-    (8 min 50 s measured; docs/benchmarks.md, issue 13, "Session 4"); raise them on a bigger machine."""
+    (8 min 50 s measured on an idle machine, docs/benchmarks.md, issue 13, "Session 4"; 16 min on
+    a machine 1.7 times slower, "`make demo` with the trainable tower"); raise them on a bigger machine."""
 
     n: int = 640
     seed: int = 0
