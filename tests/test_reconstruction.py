@@ -61,7 +61,7 @@ def test_the_tokens_can_be_read_back_into_their_patches():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     errors = []
     for _ in range(60):
-        error = model.reconstruction(model.encode_images(batch)[:, 1:17], rgb)
+        error = model.reconstruction(model.encode_images(batch)[:, 1:17], rgb, grid=4)
         optimizer.zero_grad()
         error.backward()
         optimizer.step()

@@ -213,8 +213,8 @@ class Prismer(nn.Module):
         logits = self.decoder.logits(hidden[predicted])
         reconstruction = None
         if self.reconstruction is not None:  # the RGB patch tokens follow the class token
-            patches = vision[:, 1 : 1 + self.encoder.grid**2]
-            reconstruction = self.reconstruction(patches, inputs.rgb.to(vision.dtype))
+            grid = self.encoder.grid
+            reconstruction = self.reconstruction(vision[:, 1 : 1 + grid**2], inputs.rgb.to(vision.dtype), grid)
         return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits, contrastive_loss=contrastive,
                              reconstruction_loss=reconstruction)
 

@@ -30,7 +30,6 @@ class PixelReconstruction(nn.Module):
         cells = pooled.unflatten(2, (grid, self.size)).unflatten(4, (grid, self.size))  # [B, 3, gy, sy, gx, sx]
         return cells.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
 
-    def forward(self, patch_tokens: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    def forward(self, patch_tokens: torch.Tensor, rgb: torch.Tensor, grid: int) -> torch.Tensor:
         """Mean squared error of the patches read back from ``patch_tokens`` [B, grid², width]."""
-        grid = round(patch_tokens.shape[1] ** 0.5)
         return F.mse_loss(self.head(patch_tokens), self.targets(rgb, grid).to(patch_tokens.dtype))

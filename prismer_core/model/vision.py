@@ -216,7 +216,7 @@ class VisionEncoder(nn.Module):
         self.rgb_stem: nn.Module | None = None
         self.patch_size = self.patch_embed.stride[0]
         if spec.vision.rgb_stem == "conv":
-            self.rgb_stem, self.patch_embed = conv_patch_embedding(self.patch_embed.stride[0], self.width)
+            self.rgb_stem, self.patch_embed = conv_patch_embedding(self.patch_size, self.width)
         hidden = max(1, round(self.width * spec.adaptor_ratio))
         self.adaptors = nn.ModuleList(Adaptor(self.width, hidden) for _ in self.blocks)
         with _own_random_stream():
