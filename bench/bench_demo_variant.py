@@ -11,7 +11,8 @@ with one thread:
 
 ``demo_out`` is a `make demo` (or `prismer demo`) folder: its data/ and labels/ are used, the
 run goes to ``demo_out/variants/NAME``. Values of ``--set`` are YAML (``null``, ``[]``,
-``{patch_size: 8}``); ``--lr-scale PART=F`` scales one part's rate. Results: docs/benchmarks.md,
+``{patch_size: 8}``); ``--lr-scale PART=F`` scales one part's rate; ``--spec smol`` trains the
+demo's LLM run (SmolLM2 frozen, its own rate) instead of the tiny spec. Results: docs/benchmarks.md,
 "Three seeds".
 """
 
@@ -28,6 +29,7 @@ def main() -> None:
 
     from prismer_core.demo.evaluation import evaluate_demo
     from prismer_core.demo.run import DemoSettings
+    from prismer_core.errors import PrismerError
     from prismer_core.experts.settings import parse_key_values, parse_yaml_values
     from prismer_core.train import train
     from prismer_core.train.run_dir import RunDir
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the run's folder under DEMO/variants and its row name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--experts", default="edge,ocr", help="comma-separated; empty for PrismerZ")
+    parser.add_argument("--spec", default="tiny", help="tiny, or smol for the demo's LLM run (then give --steps)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="a spec override")
     parser.add_argument("--lr-scale", action="append", default=[], metavar="PART=F")
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's")
@@ -48,9 +51,11 @@ def main() -> None:
     args = parser.parse_args()
 
     experts = tuple(name for name in args.experts.split(",") if name)
-    settings = DemoSettings(threads=args.threads)
+    if args.spec != "tiny" and not args.steps:
+        raise PrismerError(f"--spec {args.spec}: give --steps (the demo's LLM run has no default length)")
+    settings = DemoSettings(threads=args.threads, llm_steps=args.steps or 0)
     folder = args.demo / "variants" / args.name
-    config = settings.train_config(folder, args.demo / "data", args.demo / "labels", experts, args.seed)
+    config = settings.train_config(folder, args.demo / "data", args.demo / "labels", experts, args.seed, spec=args.spec)
     config.spec_overrides.update(parse_yaml_values(args.set, "--set", "image_size=128"))
     config.lr_scales = parse_key_values(args.lr_scale, "--lr-scale", "vision.backbone=0.1")
     if args.steps:
@@ -67,7 +72,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     table = evaluate_demo({args.name: result.checkpoint}, args.demo / "data" / "test.jsonl", folder / "eval",
                           labels=args.demo / "labels" if experts else None, console=console, show_progress=False)
-    row = {"name": args.name, "seed": args.seed, "experts": list(experts), "set": args.set, "lr_scale": args.lr_scale,
+    row = {"name": args.name, "spec": args.spec, "seed": args.seed, "experts": list(experts), "set": args.set, "lr_scale": args.lr_scale,
            "steps": config.max_steps, "batch_size": config.batch_size,
            "train_seconds": round(seconds), "val": result.val_loss, **table[args.name]}
     results = args.results or args.demo / "variants" / "results.jsonl"

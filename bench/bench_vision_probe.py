@@ -19,8 +19,19 @@ instead of learning shapes.
 spec, its weights, all of it frozen: only the heads learn): what a run's training kept in the
 vision tokens; probing a run's ``checkpoints/step-N`` folders in turn shows when it was lost.
 
+``--pretrain OBJECTIVE --pretrain-steps N`` first trains the encoder with a self-supervised
+objective alone (no language, no truth), then freezes it and probes it: a one-minute screen of
+whether a signal of the tower's own makes the shapes readable, against the untrained tower
+(``--pretrain none``). Objectives: ``recon``, the spec's pixel reconstruction
+(:mod:`prismer_core.model.reconstruction`); ``masked``, the same with a quarter of the patches
+painted over in the image's mean colour, the painted ones weighted double (MAE-like, the
+neighbours must tell what was there); ``views``, reconstruction plus an image-level InfoNCE
+between each image and a view with its colour channels permuted and brightness jittered
+(SimCLR-like: the geometry must identify the image, the colour cannot); ``tokviews``, the same
+contrast token by token (each token must find its twin at the same place in the other view).
+
 Images are resized (bicubic) and normalised as the spec says, with no augmentation. Results:
-docs/benchmarks.md, issue 13, "Session 4".
+docs/benchmarks.md, issue 13, "Session 4" and "Session 8".
 """
 
 from __future__ import annotations
@@ -48,11 +59,16 @@ def main() -> None:
     parser = short_run_parser(__doc__)
     parser.add_argument("--encoder-from", type=Path, default=None, metavar="CHECKPOINT",
                         help="probe this PrismerZ checkpoint's encoder, frozen (its spec; --set is not allowed)")
+    parser.add_argument("--pretrain", choices=["none", *OBJECTIVES], default="none",
+                        help="train the encoder with this self-supervised objective first, then freeze it and probe it")
+    parser.add_argument("--pretrain-steps", type=int, default=1000)
     args = parser.parse_args()
     spec = seeded_tiny_spec(args)
     if args.encoder_from is not None:
         if args.set:
             raise PrismerError("--encoder-from uses the checkpoint's spec: leave out --set")
+        if args.pretrain != "none":
+            raise PrismerError("--encoder-from probes a trained encoder as it is: leave out --pretrain")
         model = Prismer.from_pretrained(resolve_checkpoint(args.encoder_from), experts={})
         model.requires_grad_(False)
         spec = model.spec
@@ -96,6 +112,12 @@ def main() -> None:
 
     train_x, train_kind, train_paint = scenes("train")
     val_x, val_kind, val_paint = scenes("val")
+    if args.pretrain != "none" or args.encoder_from is not None:
+        if args.pretrain != "none":
+            seconds = pretrain(encoder, args.pretrain, args.pretrain_steps, train_x, mean, std, args.batch_size, args.lr)
+            print(json.dumps({"tag": args.tag, "pretrained": args.pretrain, "steps": args.pretrain_steps,
+                              "seconds": round(seconds)}), flush=True)
+        encoder.requires_grad_(False)
     heads = CellHeads()
     vision = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([*vision, *heads.parameters()], lr=args.lr, weight_decay=0.05)
@@ -124,6 +146,60 @@ def main() -> None:
             print(json.dumps({"tag": args.tag, "step": step, "train_loss": round(window / args.every, 3), **accuracy(),
                               "seconds": round(time.perf_counter() - start)}), flush=True)
             window = 0.0
+
+
+OBJECTIVES = ("recon", "masked", "views", "tokviews")
+
+
+def pretrain(encoder: nn.Module, objective: str, steps: int, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+             batch_size: int, lr: float) -> float:
+    """Train ``encoder`` for ``steps`` on ``images`` (normalised) with a self-supervised
+    ``objective`` (see the module doc); returns the seconds it took."""
+    from prismer_core.model.reconstruction import PixelReconstruction
+    from prismer_core.specs import ReconstructionSpec
+
+    grid, width = encoder.grid, encoder.width
+    reconstruction = PixelReconstruction(ReconstructionSpec(weight=1.0), width)
+    projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 64))
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([*trainable, *reconstruction.parameters(), *projection.parameters()], lr=lr, weight_decay=0.05)
+
+    def patch_tokens(x: torch.Tensor) -> torch.Tensor:
+        return encoder(x, {}, {})[:, 1 : 1 + grid**2]
+
+    def recoloured(x: torch.Tensor) -> torch.Tensor:  # channels permuted, brightness ×0.8-1.2; geometry kept
+        pixels = x * std + mean
+        order = torch.stack([torch.randperm(3) for _ in range(len(x))])
+        pixels = pixels[torch.arange(len(x))[:, None], order] * (0.8 + 0.4 * torch.rand(len(x), 1, 1, 1))
+        return (pixels.clamp(0, 1) - mean) / std
+
+    def info_nce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        logits = F.normalize(projection(a), dim=-1) @ F.normalize(projection(b), dim=-1).T / 0.1
+        labels = torch.arange(len(a))
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    start = time.perf_counter()
+    for _ in range(steps):
+        x = images[torch.tensor(random.sample(range(len(images)), batch_size))]
+        if objective == "masked":
+            painted = torch.rand(len(x), grid * grid) < 0.25
+            size = x.shape[-1] // grid
+            pixels = painted.view(len(x), 1, grid, 1, grid, 1).expand(-1, 1, -1, size, -1, size).reshape(len(x), 1, grid * size, grid * size)
+            pixels = F.pad(pixels, (0, x.shape[-1] - grid * size, 0, x.shape[-2] - grid * size))
+            tokens = patch_tokens(torch.where(pixels, x.mean((2, 3), keepdim=True), x))
+            error = (reconstruction.head(tokens) - reconstruction.targets(x, grid)).pow(2).mean(-1)
+            loss = error[painted].mean() + 0.5 * error[~painted].mean()
+        else:
+            tokens = patch_tokens(x)
+            loss = reconstruction(tokens, x, grid)
+            if objective == "views":
+                loss = loss + info_nce(tokens.mean(1), patch_tokens(recoloured(x)).mean(1))
+            elif objective == "tokviews":
+                loss = loss + info_nce(tokens.flatten(0, 1), patch_tokens(recoloured(x)).flatten(0, 1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
