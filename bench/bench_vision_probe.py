@@ -112,11 +112,10 @@ def main() -> None:
 
     train_x, train_kind, train_paint = scenes("train")
     val_x, val_kind, val_paint = scenes("val")
-    if args.pretrain != "none" or args.encoder_from is not None:
-        if args.pretrain != "none":
-            seconds = pretrain(encoder, args.pretrain, args.pretrain_steps, train_x, mean, std, args.batch_size, args.lr)
-            print(json.dumps({"tag": args.tag, "pretrained": args.pretrain, "steps": args.pretrain_steps,
-                              "seconds": round(seconds)}), flush=True)
+    if args.pretrain != "none":  # then only the heads learn, as with --encoder-from
+        seconds = pretrain(encoder, args.pretrain, args.pretrain_steps, train_x, mean, std, args.batch_size, args.lr)
+        print(json.dumps({"tag": args.tag, "pretrained": args.pretrain, "steps": args.pretrain_steps,
+                          "seconds": round(seconds)}), flush=True)
         encoder.requires_grad_(False)
     heads = CellHeads()
     vision = [p for p in encoder.parameters() if p.requires_grad]
