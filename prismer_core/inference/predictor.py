@@ -40,7 +40,7 @@ from ..data.labels import LabelSource, LiveLabels, StoredLabels
 from ..data.transforms import PairedTransform
 from ..errors import PrismerError
 from ..inputs import ModelInputs
-from ..model import Prismer
+from ..model import Prismer, pack_for_inference
 from ..registry import UnknownExpertError, get_registry
 from ..semantic import LabelEncoder
 from ..text import TextCodec, TokenRows, task_prompt
@@ -141,6 +141,7 @@ class Predictor:
             specs, dropped = _available_checkpoint_experts(info, live, expert_settings, labels)
         model_specs = {name: specs.get(name, spec) for name, spec in info.experts.items()}  # recorded specs for dropped ones
         model = Prismer.from_pretrained(info.directory, experts=model_specs, device=device).to(INFERENCE_DTYPES[precision])
+        pack_for_inference(model)  # oneDNN-packed weights on a CPU: decoding about 2x faster (model/packed.py)
         if not specs:
             source = None
         elif labels is None:

@@ -8,9 +8,11 @@
     captions = codec.decode(ids)
 
 Modules, in reading order: layers (attention, adaptor), stems, resampler, vision (encoder),
-decoder (RoBERTa-style, cached), generation (greedy/beam search), prismer (the whole).
+decoder (RoBERTa-style, cached), generation (greedy/beam search), prismer (the whole);
+packed: oneDNN-packed weights for CPU inference (``pack_for_inference``, the Predictor's).
 """
 
+from .packed import pack_for_inference
 from .prismer import PART_PATTERNS, PartCount, Prismer, PrismerOutput, build_model, part_of
 
-__all__ = ["PART_PATTERNS", "PartCount", "Prismer", "PrismerOutput", "build_model", "part_of"]
+__all__ = ["PART_PATTERNS", "PartCount", "Prismer", "PrismerOutput", "build_model", "pack_for_inference", "part_of"]

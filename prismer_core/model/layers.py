@@ -39,12 +39,21 @@ class MultiHeadAttention(nn.Module):
         kv: KeyValue,
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        group: int = 1,
     ) -> torch.Tensor:
-        q = self._split(self.query(x))
+        """``group`` > 1: each ``group`` consecutive rows of ``x`` share one row of ``kv`` (and
+        of ``mask``), e.g. the beams of one image; they are read as one row with ``group``
+        times the queries, not copied. Not with ``is_causal``."""
+        q = self._split(self.query(x))  # [N, H, T, D]
+        if group > 1:
+            rows, heads, length, width = q.shape
+            q = q.unflatten(0, (rows // group, group)).transpose(1, 2).flatten(2, 3)  # [N/g, H, g*T, D]
         out = F.scaled_dot_product_attention(
             q, kv[0], kv[1], attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
+        if group > 1:
+            out = out.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)  # back to [N, H, T, D]
         return self.out(out.transpose(1, 2).flatten(2))
 
 

@@ -35,6 +35,7 @@ from ..errors import PrismerError
 from ..experts.contract import ExpertSpec
 from ..specs import ModelSpec, data_dir, source_error
 from .layers import Adaptor
+from .packed import linear
 from .resampler import ExpertsResampler
 from .stems import ExpertStem, conv_stack, stem_grid
 
@@ -152,7 +153,7 @@ def _is_timm_vit(tower: nn.Module) -> bool:
 def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """open_clip's attention with its own weights, on SDPA directly: nn.MultiheadAttention's
     general path (layout transposes) made a frozen ViT's forward+backward about 25% slower."""
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
+    q, k, v = linear(x, attn.in_proj_weight, attn.in_proj_bias).unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
