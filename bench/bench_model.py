@@ -63,20 +63,16 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2,
     """
     import torch
 
-    from prismer_core.experts.contract import ExpertKind, ExpertSpec
-    from prismer_core.model import build_model
+    from prismer_core.model import pack_for_inference
     from prismer_core.text import TokenRows
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    spec_name, overrides, train_batch = SHAPES[shape]
-    specs = {
-        name: ExpertSpec(name, "bench", ExpertKind.DENSE, channels=channels) if kind == "dense"
-        else ExpertSpec(name, "bench", ExpertKind.SEMANTIC, open_vocabulary=True, has_instances="instances" in kind)
-        for name, kind, channels in EXPERT_SETS[experts]
-    }
-    model = build_model(spec_name, specs) if not overrides else build_model(_spec(spec_name, overrides), specs)
-    kind, bf16 = task.removesuffix("_bf16"), task.endswith("_bf16")  # caption_b1_bf16: weights and activations in bf16
+    model, train_batch = build(shape, experts), SHAPES[shape][2]
+    # caption_b1_bf16: weights and activations in bf16; ..._unpacked: F.linear's unpacked weights,
+    # as before the Predictor packed them for oneDNN (prismer_core/model/packed.py)
+    unpacked = task.endswith("_unpacked")
+    kind = task.removesuffix("_unpacked").removesuffix("_bf16")
+    bf16 = task.removesuffix("_unpacked").endswith("_bf16")
     batch_size = train_batch if kind == "train" else int(kind.split("b")[-1])
     dtype = torch.bfloat16 if bf16 else torch.float32
     model, batch = model.to(device=device, dtype=dtype), _batch(model, batch_size, dtype).to(device)
@@ -89,7 +85,7 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2,
         def run() -> None:
             model.zero_grad(set_to_none=True)
             model(batch, ids, torch.ones_like(ids), labels=ids).loss.backward()
-    elif task.startswith("recompute"):
+    elif kind.startswith("recompute"):
         model.eval()
         prompt = torch.randint(5, vocab, (PROMPT_TOKENS,), device=device)
 
@@ -102,6 +98,8 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2,
         def run() -> None:  # min_length = max_new_tokens: always NEW_TOKENS tokens, whatever the weights prefer
             rows = TokenRows(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool, device=device))  # ids: no tokenizer download
             model.generate(batch, rows, end_token_id=2, num_beams=BEAMS, max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS)
+    if kind != "train" and not unpacked:
+        pack_for_inference(model)  # as Predictor.from_checkpoint does
     finish = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     run()
     finish()
@@ -123,6 +121,23 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "repeats": repeats,
         "other_cpu_share": round(max(0.0, others[best]), 3),
     }
+
+
+def build(shape: str, experts: str):
+    """The model of a row, random weights (seed 0) built from its spec's config."""
+    import torch
+
+    from prismer_core.experts.contract import ExpertKind, ExpertSpec
+    from prismer_core.model import build_model
+
+    torch.manual_seed(0)
+    spec_name, overrides, _ = SHAPES[shape]
+    specs = {
+        name: ExpertSpec(name, "bench", ExpertKind.DENSE, channels=channels) if kind == "dense"
+        else ExpertSpec(name, "bench", ExpertKind.SEMANTIC, open_vocabulary=True, has_instances="instances" in kind)
+        for name, kind, channels in EXPERT_SETS[experts]
+    }
+    return build_model(_spec(spec_name, overrides) if overrides else spec_name, specs)
 
 
 def _generate_without_cache(model, batch, prompt) -> None:
@@ -220,7 +235,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,base")
     parser.add_argument("--experts", default="none,dense3,six")
     parser.add_argument("--tasks", default="train,caption_b1,caption_b8",
-                        help="train, caption_bN (cached beam search, batch N), recompute_bN (the same without any cache); a _bf16 suffix runs a caption task in bfloat16")
+                        help="train, caption_bN (cached beam search, batch N), recompute_bN (the same without any cache); a _bf16 suffix runs a caption task in bfloat16, then _unpacked without the Predictor's oneDNN-packed weights")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (the issue's setting is 2; with 1, CPU seconds per call hardly depend on other jobs)")
