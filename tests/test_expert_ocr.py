@@ -78,3 +78,15 @@ def test_paddleocr_backend_says_what_to_do(monkeypatch):
         assert "det_model_dir for model PP-OCRv5_mobile_det: no folder configured" in status
     status = load_registry().experts["ocr"].status_text(backend="tesseract")
     assert "backend must be one of rapidocr, paddleocr" in status
+
+
+def test_small_images_are_detected_at_a_capped_upscale(runner):
+    """rapidocr would run its detector on a 736 px short side for any image; the reader caps the
+    upscale (2x by default) and still reads the word in a small image."""
+    image, _ = render({"Lamp": (12, 14)}, size=(200, 100))
+    image = np.asarray(Image.fromarray(image).resize((100, 50)))  # a 50 px tall image: 2x is 100, not 736
+    output = runner([image], ["small.png"])["ocr"][0]
+    reader = runner.experts["ocr"].reader
+    assert output.names == ["lamp"]
+    assert reader.engine.text_det.preprocess_op.limit_side_len == 100  # what the detector resized to
+    assert reader.detection_side(1080, 1920) == 736  # large images: the engine's own size
