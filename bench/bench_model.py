@@ -74,7 +74,8 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2,
     kind = task.removesuffix("_unpacked").removesuffix("_bf16")
     bf16 = task.removesuffix("_unpacked").endswith("_bf16")
     batch_size = train_batch if kind == "train" else int(kind.split("b")[-1])
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    # train_bf16 keeps fp32 weights and runs under bf16 autocast, as `prismer train --precision bf16`
+    dtype = torch.bfloat16 if bf16 and kind != "train" else torch.float32
     model, batch = model.to(device=device, dtype=dtype), _batch(model, batch_size, dtype).to(device)
     decoder = model.spec.decoder
     vocab = decoder.config["vocab_size"] if decoder.kind == "causal_lm" else decoder.vocab_size
@@ -84,7 +85,9 @@ def measure(shape: str, experts: str, task: str, repeats: int, threads: int = 2,
 
         def run() -> None:
             model.zero_grad(set_to_none=True)
-            model(batch, ids, torch.ones_like(ids), labels=ids).loss.backward()
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                loss = model(batch, ids, torch.ones_like(ids), labels=ids).loss
+            loss.backward()
     elif kind.startswith("recompute"):
         model.eval()
         prompt = torch.randint(5, vocab, (PROMPT_TOKENS,), device=device)
@@ -235,7 +238,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,base")
     parser.add_argument("--experts", default="none,dense3,six")
     parser.add_argument("--tasks", default="train,caption_b1,caption_b8",
-                        help="train, caption_bN (cached beam search, batch N), recompute_bN (the same without any cache); a _bf16 suffix runs a caption task in bfloat16, then _unpacked without the Predictor's oneDNN-packed weights")
+                        help="train, caption_bN (cached beam search, batch N), recompute_bN (the same without any cache); a _bf16 suffix runs a caption task in bfloat16 (train: bf16 autocast), then _unpacked without the Predictor's oneDNN-packed weights")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (the issue's setting is 2; with 1, CPU seconds per call hardly depend on other jobs)")
