@@ -68,8 +68,8 @@ class OcrOptions(ExpertOptions):
     #: boxes whose recognition confidence is below this are dropped
     min_score: float = 0.5
     #: rapidocr only: the detector sees an image's short side at 736 px, but a small image is
-    #: upscaled at most this much (on 128-320 px scenes 2x read every word 4.5 times as fast as the
-    #: engine's own 3.8x for 192 px, with fewer false reads: docs/benchmarks.md, "OCR detector scale")
+    #: upscaled at most this much (on 128-320 px scenes 2x read 95-100% of the words the engine's
+    #: own 2.3-5.8x reads, 1.3-5.4 times as fast: docs/benchmarks.md, "OCR detector scale")
     max_upscale: float = 2.0
     #: paddleocr only: model names and folders (default: $PRISMER_WEIGHTS_DIR/paddleocr/<name>)
     det_model_name: str = "PP-OCRv5_mobile_det"

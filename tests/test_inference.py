@@ -20,6 +20,7 @@ from prismer_core.errors import PrismerError
 from prismer_core.experts.contract import ExpertKind, ExpertSpec
 from prismer_core.inference import Predictor
 from prismer_core.model import build_model
+from prismer_core.registry import get_registry
 
 ANSWERS = ["one", "two", "three", "four", "red", "blue", "circle", "left"]
 
@@ -202,7 +203,7 @@ def test_a_missing_or_unready_expert_is_named_with_what_to_do(cli, trained, tmp_
     with pytest.raises(PrismerError, match=r"'sketch' is not installed: install the plugin package that provides it"):
         Predictor.from_checkpoint(missing)
 
-    ocr = experts("ocr")
+    ocr = {"ocr": get_registry().entry("ocr").spec}  # the installed expert, so only the encoder is missing
     no_encoder = save_checkpoint(build_model(small_spec(), ocr), tmp_path / "ocr-model")
     with pytest.raises(PrismerError, match=r"uses semantic experts \(ocr\) but holds no label encoder file"):
         Predictor.from_checkpoint(no_encoder)
