@@ -103,16 +103,28 @@ def limits(shape: str, experts: str, threads: int) -> dict:
         f"print(json.dumps(dict(bandwidth=c.bandwidth({threads}), fp32=fp32, bf16=bf16)))")
 
 
-def reference(shape: str, experts: str, threads: int) -> float:
-    """The reference's best caption latency at batch 1, seconds (max_length 20 after its prompt)."""
+def reference_result(shape: str, experts: str, threads: int, extra: tuple[str, ...] = ()) -> dict:
+    """The result line of ../shared/bench/reference_cpu.py (the reference model code) at these
+    shapes; ``extra``: its own flags (``--gen-batches``, ``--steps``...)."""
     command = [os.environ["REF_PY"], str(REFERENCE_SCRIPT), "--config", shape, "--experts", REFERENCE_SETS[experts],
-               "--threads", str(threads), "--no-flops", "--gen-batches", "1", "--steps", "1", "--warmup", "1"]
+               "--threads", str(threads), "--no-flops", *extra]
     out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    results = [row for row in rows if row.get("type") == "result" and row.get("generate")]
+    results = [row for row in rows if row.get("type") == "result" and "train_step_ms_min" in row]
     if not results:
         raise SystemExit(f"the reference failed: {out.stderr[-2000:]}")
-    return next(g["latency_s_min"] for g in results[-1]["generate"] if g["batch"] == 1)
+    return results[-1]
+
+
+def reference(shape: str, experts: str, threads: int) -> float:
+    """The reference's best caption latency at batch 1, seconds (max_length 20 after its prompt)."""
+    result = reference_result(shape, experts, threads, ("--gen-batches", "1", "--steps", "1", "--warmup", "1"))
+    return next(g["latency_s_min"] for g in result["generate"] if g["batch"] == 1)
+
+
+def check_reference_setup() -> None:
+    if not (os.environ.get("REF_PY") and os.environ.get("PRISMER_REF_GIT") and REFERENCE_SCRIPT.exists()):
+        raise SystemExit(f"the reference needs REF_PY and PRISMER_REF_GIT set and {REFERENCE_SCRIPT}")
 
 
 def main() -> None:
@@ -126,8 +138,8 @@ def main() -> None:
                         help="also run the reference (needs PRISMER_REF_GIT and REF_PY, see ../shared/bench/README.md)")
     parser.add_argument("--out", help="also write every measurement as JSON here")
     args = parser.parse_args()
-    if args.reference and not (os.environ.get("REF_PY") and os.environ.get("PRISMER_REF_GIT") and REFERENCE_SCRIPT.exists()):
-        raise SystemExit(f"--reference needs REF_PY and PRISMER_REF_GIT set and {REFERENCE_SCRIPT}")
+    if args.reference:
+        check_reference_setup()
     rows = [tuple(row.split(":")) for row in args.rows.split(",")]
     measured: dict[tuple[str, str], dict[str, list[float]]] = {row: {} for row in rows}
     bounds = {}

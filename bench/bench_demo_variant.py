@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the demo's")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-precision", default="fp32", help="fp32, or bf16 (autocast, as `prismer train --precision bf16`)")
+    parser.add_argument("--eval-precision", default="fp32", help="fp32, or bf16 (as `prismer eval --precision bf16`)")
     parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                         help="also keep RUN/checkpoints/step-N every N steps (to probe what a run kept when)")
     parser.add_argument("--results", type=Path, default=None, help="JSON lines (default DEMO/variants/results.jsonl)")
@@ -62,6 +64,7 @@ def main() -> None:
         config.max_steps = args.steps
     if args.batch_size:
         config.batch_size = args.batch_size
+    config.precision = args.train_precision
     if args.checkpoint_every:
         config.checkpoint_every, config.keep_checkpoints = args.checkpoint_every, 1000
     config.validate()
@@ -71,9 +74,11 @@ def main() -> None:
     result = train(config, resume=RunDir(folder).exists(), console=console, show_progress=False)
     seconds = time.perf_counter() - start
     table = evaluate_demo({args.name: result.checkpoint}, args.demo / "data" / "test.jsonl", folder / "eval",
-                          labels=args.demo / "labels" if experts else None, console=console, show_progress=False)
+                          labels=args.demo / "labels" if experts else None, console=console, show_progress=False,
+                          precision=args.eval_precision)
     row = {"name": args.name, "spec": args.spec, "seed": args.seed, "experts": list(experts), "set": args.set, "lr_scale": args.lr_scale,
            "steps": config.max_steps, "batch_size": config.batch_size,
+           "train_precision": args.train_precision, "eval_precision": args.eval_precision,
            "train_seconds": round(seconds), "val": result.val_loss, **table[args.name]}
     results = args.results or args.demo / "variants" / "results.jsonl"
     with results.open("a") as handle:

@@ -44,6 +44,7 @@ def evaluate_demo(
     labels: str | Path | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, dict[str, float]]:
     """Evaluate each run (``{"edge+ocr": run folder or checkpoint, "PrismerZ": ...}``) on
     ``test_data`` with the CLI's defaults: open-ended VQA, 3-beam captions.
@@ -52,6 +53,7 @@ def evaluate_demo(
     BLEU-4), the VQA accuracy per question type when the rows have types, and the `prismer
     eval` commands that give the same numbers; returns the table (with the per-type values).
     ``labels``: a label store holding the test images' expert maps (default: run the experts).
+    ``precision``: the Predictor's (``bf16`` scores a run as `prismer eval --precision bf16` does).
     """
     console = console or Console()
     out = Path(out)
@@ -60,7 +62,7 @@ def evaluate_demo(
     retrieval: dict[str, dict[str, float]] = {}
     commands = []
     for name, run in runs.items():
-        predictor = Predictor.from_checkpoint(run, labels=labels)
+        predictor = Predictor.from_checkpoint(run, labels=labels, precision=precision)
         row: dict[str, float] = {}
         tasks = (*DEMO_TASKS, "retrieval") if predictor.model.spec.contrastive.enabled else DEMO_TASKS
         for task in tasks:
@@ -77,6 +79,8 @@ def evaluate_demo(
             else:
                 row.update({m: report.metrics[m] for m in HEADLINE[task]})
             flags = ["--labels", str(labels)] if labels else []
+            if precision != "fp32":
+                flags += ["--precision", precision]
             commands.append(shlex.join(["prismer", "eval", "--checkpoint", str(run), "--data", str(test_data),
                                         "--task", task, *flags, "--report", str(report_path)]))
         table[name] = row
