@@ -122,6 +122,12 @@ def reference(shape: str, experts: str, threads: int) -> float:
     return next(g["latency_s_min"] for g in result["generate"] if g["batch"] == 1)
 
 
+def print_spread(measured: dict[tuple[str, str], dict[str, list[float]]]) -> None:
+    """Each row's and task's fastest and slowest round, so a ratio can be read against the noise."""
+    print("\nspread over rounds (min-max s): " + "; ".join(
+        f"{shape}:{experts} {task} {min(v):.3f}-{max(v):.3f}" for (shape, experts), tasks in measured.items() for task, v in tasks.items()))
+
+
 def check_reference_setup() -> None:
     if not (os.environ.get("REF_PY") and os.environ.get("PRISMER_REF_GIT") and REFERENCE_SCRIPT.exists()):
         raise SystemExit(f"the reference needs REF_PY and PRISMER_REF_GIT set and {REFERENCE_SCRIPT}")
@@ -170,8 +176,7 @@ def main() -> None:
                 line += f" {ref:.3f} | {ref / packed:.2f}x |"
             print(line)
     if args.rounds > 1:
-        print("\nspread over rounds (min-max s): " + "; ".join(
-            f"{r[0]}:{r[1]} {task} {min(v):.3f}-{max(v):.3f}" for r in rows for task, v in measured[r].items()))
+        print_spread(measured)
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": {f"{r[0]}:{r[1]}": measured[r] for r in rows},
                                               "limits": {f"{r[0]}:{r[1]}": bounds[r] for r in rows}}, indent=2))

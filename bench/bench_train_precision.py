@@ -61,8 +61,7 @@ def main() -> None:
             line += f" {ref / fp32:.2f}x | {ref / bf16:.2f}x |"
         print(line)
     if args.rounds > 1:
-        print("\nspread over rounds (min-max s): " + "; ".join(
-            f"{r[0]}:{r[1]} {task} {min(v):.3f}-{max(v):.3f}" for r in rows for task, v in seen[r].items()))
+        bench_caption_limit.print_spread(seen)
 
 
 if __name__ == "__main__":
