@@ -167,6 +167,9 @@ def _label_sources(
             for name in runner.requested
         )
 
+    # a kill between an image's label files and its index line leaves labels the index lacks:
+    # a resumed run notes such images when it finds them done
+    noted = set(store.images())
     for batch in _batches(sources, batch_size):
         todo = []
         for source in batch:
@@ -178,8 +181,12 @@ def _label_sources(
                 report.bad_images.append(str(exc))
                 skipped(str(exc))
                 continue
-            if done(image) or any(image.key == other.key for _, other in todo):
+            queued = any(image.key == other.key for _, other in todo)
+            if queued or done(image):
                 report.skipped_done += 1
+                if not queued and image.key not in noted:
+                    store.note_image(image.key, image.where)
+                    noted.add(image.key)
             else:
                 todo.append((source, image))
         if todo:
@@ -194,6 +201,7 @@ def _label_sources(
                         write_preview(store.preview_path(name, image.key), image.pixels, output, title)
                         report.files_written += 1
                 store.note_image(image.key, image.where)
+                noted.add(image.key)
         advance(len(batch), len(todo))
 
 

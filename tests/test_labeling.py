@@ -253,6 +253,21 @@ def test_a_killed_two_worker_run_resumes_to_the_same_store(run, tmp_path):
     assert not list(out.rglob(".*.tmp"))
 
 
+def test_labels_written_just_before_a_kill_get_their_index_line_on_resume(run, tmp_path):
+    """A kill between an image's label files and its index line: the resumed run notes the image."""
+    make_images(tmp_path / "images", 3)
+    out = tmp_path / "store"
+    run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out))
+    index = out / "images.jsonl"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[:-1]) + "\n")  # the last image's line never written
+    result = run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out))
+    assert "labelled 0 " in result.stdout
+    assert set(LabelStore(out).images()) == LabelStore(out).keys("edge") and len(LabelStore(out).keys("edge")) == 3
+    run("label", str(tmp_path / "images"), "--experts", "edge", "--out", str(out))
+    assert len(index.read_text().splitlines()) == 3  # noted once, not again on every resume
+
+
 def test_a_bad_image_in_one_worker_stops_all_with_its_name(run, tmp_path):
     make_images(tmp_path / "images", 8)
     (tmp_path / "images" / "img005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
