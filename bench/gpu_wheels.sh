@@ -5,13 +5,15 @@
 # What travels is exactly what the check's parts import and the machine lacks (open_clip_torch,
 # deepspeed, pydantic, ultralytics: see /work/shared/env-notes.md), with the dependencies of
 # those that it lacks too, at the versions pinned in constraints.txt, for CPython 3.12 on x86-64
-# Linux (the machine's python3): about 9 MiB in all, against the 64 MiB a call may carry. Not
+# Linux (the machine's python3): about 25 MiB in all, against the 64 MiB a call may carry. Not
 # carried: the MiniLM package (the tests make their own tokenizer, the benchmarks feed token ids),
 # rapidocr (OCR runs on the CPU and is not measured), ultralytics' polars and ultralytics-platform
-# (not imported to build, save or run a model), and torch, transformers, timm and the rest, which
-# are there. typing_extensions travels because pydantic needs >= 4.16 and the machine's version
-# is not known (newer ones are backward compatible). The project's own wheel travels too, as a
-# fallback: gpu_check.sh installs the checkout itself over it.
+# (not imported to build, save or run a model), and torch and the rest, which are there.
+# transformers, timm and typer are there too, but at other versions (transformers 5.17): the
+# pinned ones travel, so the GPU runs the code CI tests (transformers 5.23 needs huggingface_hub
+# >= 1.31 and tokenizers 0.23, which the machine has). typing_extensions travels because pydantic
+# needs >= 4.16 and the machine's version is not known (newer ones are backward compatible). The
+# project's own wheel travels too, as a fallback: gpu_check.sh installs the checkout over it.
 #
 #   bench/gpu_wheels.sh              # then: device run with carry [".whl"], bench/gpu_check.sh OUT
 #
@@ -25,7 +27,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 # Wheels on PyPI, and the source-only one (DeepSpeed publishes no wheel) built here.
 BINARY=(open_clip_torch ftfy wcwidth hjson pydantic pydantic_core annotated-types typing-inspection typing_extensions
-        ultralytics ultralytics-thop)
+        ultralytics ultralytics-thop transformers timm typer)
 SOURCE=(deepspeed)
 LIMIT_MIB=60  # the working tree travels in the same 64 MiB
 
