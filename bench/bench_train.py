@@ -198,7 +198,7 @@ def engine_bench(args) -> dict:
     from prismer_core.train.config import TrainConfig
     from prismer_core.train.distributed import choose_engine, setup_distributed
     from prismer_core.train.engine import make_engine
-    from prismer_core.train.utilisation import counted_flops, mfu
+    from prismer_core.train.utilisation import counted_flops, mfu, significant
 
     ctx = setup_distributed(args.device)
     if ctx.device.type != "cuda" and args.device == "auto":
@@ -241,7 +241,7 @@ def engine_bench(args) -> dict:
         utilisation = mfu(images_per_s, flops / count, str(ctx.device), ctx.world_size)
         results["rows"].append({
             "experts": list(experts), "images_per_s": round(images_per_s, 2), "step_seconds": round(seconds / args.steps, 4),
-            "mfu": round(utilisation, 5) if utilisation is not None else None, "flops_per_image": flops / count,
+            "mfu": significant(utilisation), "flops_per_image": flops / count,
             "loss_first": round(first_loss, 4), "loss_last": round(last_loss, 4),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if cuda else None,
         })

@@ -40,7 +40,7 @@ from .init_from import Parent, model_from_parent, read_parent
 from .run_dir import RunDir, RunDirError
 from .sampler import EvalSampler, StepSampler
 from .state import restore_rng, save_rng
-from .utilisation import counted_flops, mfu
+from .utilisation import counted_flops, mfu, significant
 
 LABEL_ENCODER_FILE = "label_encoder.safetensors"
 
@@ -241,7 +241,7 @@ class _Loop:
                                **({"contrastive_loss": round(contrastive, 5)} if contrastive is not None else {}),
                                **({"reconstruction_loss": round(reconstruction, 5)} if reconstruction is not None else {}),
                                "images_per_s": round(speed, 2), "epoch": round(epoch, 3),
-                               "mfu": round(utilisation, 4) if utilisation is not None else None})
+                               "mfu": significant(utilisation)})
                     progress.update(task, loss=f"{mean_loss:.3f}", speed=f"{speed:.1f}",
                                     mfu=f"{utilisation:.1%}" if utilisation is not None else "-")
                     window_start, window_images = time.perf_counter(), 0

@@ -73,3 +73,9 @@ def mfu(images_per_second: float, flops_per_image: float, device: str, devices: 
     if not peak or not flops_per_image:
         return None
     return images_per_second * flops_per_image / (peak * devices)
+
+
+def significant(value: float | None, digits: int = 3) -> float | None:
+    """``value`` to ``digits`` significant digits for a report: a small model on a large GPU has an
+    MFU of 1e-6, which rounding to fixed decimals would report as 0."""
+    return float(f"{value:.{digits}g}") if value is not None else None
