@@ -190,8 +190,11 @@ def _batch(model, batch_size: int, dtype: "torch.dtype | None" = None):
     size = model.image_size
     batch = ModelInputs(torch.randn(batch_size, 3, size, size, dtype=dtype))
     for name, expert in model.expert_specs.items():
-        channels = model.spec.semantic_channels if expert.is_semantic else expert.channels
-        batch.experts[name] = torch.rand(batch_size, channels, size, size, dtype=dtype) * 2 - 1
+        if expert.is_semantic:  # 12 labels and background, as the data path hands them over
+            batch.experts[name] = torch.randint(0, 13, (batch_size, size, size), dtype=torch.int32)
+            batch.label_tables[name] = torch.rand(batch_size, 13, model.spec.semantic_channels, dtype=dtype) * 2 - 1
+        else:
+            batch.experts[name] = torch.rand(batch_size, expert.channels, size, size, dtype=dtype) * 2 - 1
         if expert.has_instances:  # 12 boxes per image
             ids = torch.zeros(batch_size, size, size, dtype=torch.long)
             for k in range(12):

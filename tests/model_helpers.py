@@ -35,17 +35,20 @@ def make_batch(model, batch_size: int = 2, seed: int = 0) -> ModelInputs:
     """Random RGB and expert maps with a few rectangular instances, shaped as the model expects."""
     generator = torch.Generator().manual_seed(seed)
     size = model.image_size
-    maps, instances = {}, {}
+    maps, instances, tables = {}, {}, {}
     rgb = torch.randn(batch_size, 3, size, size, generator=generator)
     for name, expert in model.expert_specs.items():
-        channels = model.spec.semantic_channels if expert.is_semantic else expert.channels
-        maps[name] = torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1
+        if expert.is_semantic:  # label ids into each sample's table of 5 label embeddings
+            maps[name] = torch.randint(0, 5, (batch_size, size, size), generator=generator, dtype=torch.int32)
+            tables[name] = torch.rand(batch_size, 5, model.spec.semantic_channels, generator=generator) * 2 - 1
+        else:
+            maps[name] = torch.rand(batch_size, expert.channels, size, size, generator=generator) * 2 - 1
         if expert.has_instances:
             ids = torch.zeros(batch_size, size, size, dtype=torch.long)
             ids[:, : size // 2, : size // 2] = 1
             ids[:, size // 2 :, size // 4 :] = 2
             instances[name] = ids
-    return ModelInputs(rgb, maps, instances)
+    return ModelInputs(rgb, maps, instances, label_tables=tables)
 
 
 def save_tiny_backbones(folder: Path, image_size: int = 64) -> tuple[Path, Path]:

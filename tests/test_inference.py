@@ -233,7 +233,8 @@ def test_semantic_maps_are_encoded_with_the_checkpoints_own_label_encoder(tmp_pa
     image = np.asarray(picture)
     predictor = Predictor.from_checkpoint(checkpoint)
     assert predictor.encoder.label_encoder.identity == projection.identity
-    ocr_map = predictor.inputs([image]).experts["ocr"][0].permute(1, 2, 0).reshape(-1, 64).numpy()
+    inputs = predictor.inputs([image])  # label ids and their table: the map is table[ids]
+    ocr_map = inputs.label_tables["ocr"][0][inputs.experts["ocr"][0].long()].reshape(-1, 64).numpy()
     names = ExpertRunner(["ocr"])([image], ["picture"])["ocr"][0].names
     assert names  # the word was read
     allowed = np.concatenate([projection.background[None], LabelEncoder(projection, embedder).vectors(names)])

@@ -243,8 +243,16 @@ def test_bad_inputs_are_clear_errors(six_expert_model):
     model = six_expert_model
     batch = make_batch(model)
     missing = replace(batch, experts={k: v for k, v in batch.experts.items() if k != "seg"})
-    with pytest.raises(PrismerError, match=r"inputs.experts\['seg'\] must have shape \[2, 64, 64, 64\], got nothing"):
+    with pytest.raises(PrismerError, match=r"inputs.experts\['seg'\] must be label ids \[2, 64, 64\] \(a semantic expert\), got nothing"):
         model.encode_images(missing)
+    with pytest.raises(PrismerError, match=r"inputs.experts\['seg'\] must be label ids .* got torch.float32 \[2, 64, 64, 64\]"):
+        model.encode_images(replace(batch, experts={**batch.experts, "seg": torch.zeros(2, 64, 64, 64)}))  # the old expanded form
+    with pytest.raises(PrismerError, match=r"inputs.label_tables\['ocr'\] must be \[2, K, 64\], got nothing"):
+        model.encode_images(replace(batch, label_tables={"seg": batch.label_tables["seg"], "objdet": batch.label_tables["objdet"]}))
+    beyond = batch.experts["objdet"].clone()
+    beyond[1, 0, 0] = 5  # the tables have 5 rows
+    with pytest.raises(PrismerError, match=r"inputs.experts\['objdet'\] has label ids 0..5, but its label table has 5 rows"):
+        model.encode_images(replace(batch, experts={**batch.experts, "objdet": beyond}))
     with pytest.raises(PrismerError, match="not built for: sal"):
         model.encode_images(replace(batch, experts={**batch.experts, "sal": batch.experts["seg"]}))
     with pytest.raises(PrismerError, match=r"inputs.instances\['ocr'\]"):
@@ -274,13 +282,18 @@ def opened_model():
 
 def _scrambled(batch: ModelInputs, name: str, row: int) -> ModelInputs:
     """``batch`` with ``name``'s map (and instances) of sample ``row`` replaced by noise."""
-    maps = {**batch.experts, name: batch.experts[name].clone()}
-    maps[name][row] = torch.randn_like(maps[name][row]).clamp(-1, 1)
+    maps, tables = {**batch.experts, name: batch.experts[name].clone()}, dict(batch.label_tables)
+    if name in tables:  # other label ids, and other embeddings behind them
+        maps[name][row] = torch.randint_like(maps[name][row], 0, tables[name].shape[1])
+        tables[name] = tables[name].clone()
+        tables[name][row] = torch.randn_like(tables[name][row]).clamp(-1, 1)
+    else:
+        maps[name][row] = torch.randn_like(maps[name][row]).clamp(-1, 1)
     instances = dict(batch.instances)
     if name in instances:
         instances[name] = instances[name].clone()
         instances[name][row] = torch.randint_like(instances[name][row], 0, 5)
-    return replace(batch, experts=maps, instances=instances)
+    return replace(batch, experts=maps, instances=instances, label_tables=tables)
 
 
 def test_an_absent_experts_map_does_not_reach_the_model_and_the_other_samples_are_untouched(opened_model, codec):
@@ -350,8 +363,23 @@ def test_model_inputs_move_select_and_concatenate(six_expert_model):
         [again.rgb, *again.experts.values(), *again.instances.values()],
         [batch.rgb, *batch.experts.values(), *batch.instances.values()]))
     half = batch.to("cpu", torch.bfloat16)
-    assert half.rgb.dtype == half.experts["edge"].dtype == torch.bfloat16
-    assert half.instances["ocr"].dtype == torch.long  # ids stay integers
+    assert half.rgb.dtype == half.experts["edge"].dtype == half.label_tables["seg"].dtype == torch.bfloat16
+    assert half.instances["ocr"].dtype == torch.long and half.experts["seg"].dtype == torch.int32  # ids stay integers
+
+
+def test_samples_with_tables_of_different_lengths_batch_and_look_up_their_own_rows(six_expert_model):
+    """A sample's label ids index its own table; concatenation pads the shorter tables with zero
+    rows, and the model's lookup gives each sample the map its own table makes."""
+    model = six_expert_model
+    short, long = make_batch(model, batch_size=1, seed=1), make_batch(model, batch_size=1, seed=2)
+    long = replace(long, label_tables={**long.label_tables, "seg": torch.rand(1, 9, 64)})
+    both = ModelInputs.concat([short, long])
+    assert both.label_tables["seg"].shape == (2, 9, 64)
+    assert not both.label_tables["seg"][0, 5:].any()  # padding
+    _, maps, _, _ = model._check_inputs(both)
+    for row, part in enumerate([short, long]):
+        table, ids = part.label_tables["seg"][0], part.experts["seg"][0].long()
+        assert torch.equal(maps["seg"][row], table[ids].permute(2, 0, 1))
 
 
 def test_specs_are_validated_with_file_and_field(tmp_path):

@@ -2,10 +2,11 @@
 
 An image and its expert maps go through the same crop/flip/resize
 (:class:`~prismer_core.data.transforms.PairedTransform`), semantic maps through the label
-encoder, experts with instances get an empty instance map when the expert found none, and the
-image is normalised with the model's mean and std. An expert of the model that has no map for
-the sample (not installed here, and the run said ``--missing-experts drop``) is marked absent
-in ``ModelInputs.present`` with a zero map in its place, which the model masks out.
+encoder (label ids and a table of their embeddings, which the model looks up), experts with
+instances get an empty instance map when the expert found none, and the image is normalised
+with the model's mean and std. An expert of the model that has no map for the sample (not
+installed here, and the run said ``--missing-experts drop``) is marked absent in
+``ModelInputs.present`` with a zero map in its place, which the model masks out.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class SampleEncoder:
         ``maps`` may lack some of the experts: those are absent for this sample (see the module doc)."""
         aligned = self.transform(image, maps, seed)
         experts: dict[str, torch.Tensor] = dict(aligned.dense)
+        tables: dict[str, torch.Tensor] = {}
         for name, labels in aligned.labels.items():
             output = maps[name]
             assert isinstance(output, SemanticMap)
-            encoded = self.label_encoder.encode(SemanticMap(labels.numpy(), output.names))
-            experts[name] = torch.from_numpy(encoded).permute(2, 0, 1).contiguous()
+            ids, table = self.label_encoder.compact(SemanticMap(labels.numpy(), output.names))
+            experts[name], tables[name] = torch.from_numpy(ids), torch.from_numpy(table)
         instances = {
             name: aligned.instances.get(name, torch.zeros(aligned.rgb.shape[1:], dtype=torch.long))[None]
             for name, spec in self.experts.items() if spec.has_instances
@@ -59,12 +61,16 @@ class SampleEncoder:
         absent = [name for name in self.experts if name not in experts]
         size = aligned.rgb.shape[1:]
         for name in absent:
-            channels = self.label_encoder.channels if self.experts[name].is_semantic else self.experts[name].channels
-            experts[name] = torch.zeros(channels, *size)
+            if self.experts[name].is_semantic:  # every pixel looks up the one zero row
+                experts[name] = torch.zeros(*size, dtype=torch.int32)
+                tables[name] = torch.zeros(1, self.label_encoder.channels)
+            else:
+                experts[name] = torch.zeros(self.experts[name].channels, *size)
         inputs = ModelInputs(
             normalise(aligned.rgb, self.mean, self.std)[None],
             {name: experts[name][None] for name in self.experts},
             instances,
             {name: torch.tensor([name not in absent]) for name in self.experts} if absent else {},
+            {name: tables[name][None] for name in self.experts if name in tables},
         )
         return inputs, aligned.flipped

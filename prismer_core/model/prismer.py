@@ -366,15 +366,17 @@ class Prismer(nn.Module):
                 got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise PrismerError(f"inputs.present['{name}'] must be a bool tensor [{rgb.shape[0]}], got {got}")
             present[name] = mask.to(device=rgb.device, dtype=torch.bool)
-        checked = {}
+        checked, semantic = {}, {}
         for name, expert in self.expert_specs.items():
-            channels = self.spec.semantic_channels if expert.is_semantic else expert.channels
             value = inputs.experts.get(name)
-            expected = (rgb.shape[0], channels, size, size)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else "nothing"
-                raise PrismerError(f"inputs.experts['{name}'] must have shape {list(expected)}, got {got}")
-            checked[name] = value.to(dtype)
+            if expert.is_semantic:
+                semantic[name] = self._checked_label_ids(name, value, inputs.label_tables.get(name), rgb.shape[0])
+            else:
+                expected = (rgb.shape[0], expert.channels, size, size)
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+                    got = tuple(value.shape) if isinstance(value, torch.Tensor) else "nothing"
+                    raise PrismerError(f"inputs.experts['{name}'] must have shape {list(expected)}, got {got}")
+                checked[name] = value.to(dtype)
             if expert.has_instances:
                 ids = inputs.instances.get(name)
                 if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (rgb.shape[0], size, size):
@@ -382,7 +384,25 @@ class Prismer(nn.Module):
                     raise PrismerError(
                         f"inputs.instances['{name}'] must be an integer map [{rgb.shape[0]}, {size}, {size}], got {got}"
                     )
-        return rgb.to(dtype), checked, dict(inputs.instances), present
+        if semantic:  # one look at the ids of all of them (one wait for the device, not one each)
+            bounds = torch.stack([torch.stack([ids.min(), ids.max()]) for ids, _ in semantic.values()]).tolist()
+            for (name, (ids, table)), (low, high) in zip(semantic.items(), bounds):
+                if low < 0 or high >= table.shape[1]:
+                    raise PrismerError(f"inputs.experts['{name}'] has label ids {low}..{high}, "
+                                       f"but its label table has {table.shape[1]} rows")
+                checked[name] = _looked_up(ids, table, dtype)
+        return rgb.to(dtype), {name: checked[name] for name in self.expert_specs}, dict(inputs.instances), present
+
+    def _checked_label_ids(self, name: str, ids, table, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size, channels = self.image_size, self.spec.semantic_channels
+        if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (batch, size, size) or ids.is_floating_point():
+            got = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, torch.Tensor) else "nothing"
+            raise PrismerError(f"inputs.experts['{name}'] must be label ids [{batch}, {size}, {size}] "
+                               f"(a semantic expert), got {got}")
+        if not isinstance(table, torch.Tensor) or table.ndim != 3 or tuple(table.shape[::2]) != (batch, channels) or not table.shape[1]:
+            got = list(table.shape) if isinstance(table, torch.Tensor) else "nothing"
+            raise PrismerError(f"inputs.label_tables['{name}'] must be [{batch}, K, {channels}], got {got}")
+        return ids, table
 
     def _prompt_rows(self, prompt: TokenRows, images: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt ids and validity on the model's device, one row per image (one row is shared)."""
@@ -393,6 +413,14 @@ class Prismer(nn.Module):
         if ids.shape[0] != images:
             raise PrismerError(f"got {ids.shape[0]} prompts for {images} images")
         return ids, valid
+
+
+def _looked_up(ids: torch.Tensor, table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A semantic map [B, C, S, S] from label ids [B, S, S] and each sample's table [B, K, C],
+    made on the device the ids are on (one embedding lookup; no sample reads another's rows)."""
+    batch, rows, _ = table.shape
+    offsets = torch.arange(batch, device=ids.device).view(-1, 1, 1) * rows
+    return F.embedding(ids.long() + offsets, table.reshape(batch * rows, -1).to(dtype)).permute(0, 3, 1, 2).contiguous()
 
 
 @contextmanager

@@ -89,6 +89,12 @@ class LabelEncoder:
 
     def encode(self, semantic_map: SemanticMap) -> np.ndarray:
         """float32 H×W×64 in [-1, 1] for one image's label map and its names."""
+        labels, table = self.compact(semantic_map)
+        return table[labels]
+
+    def compact(self, semantic_map: SemanticMap) -> tuple[np.ndarray, np.ndarray]:
+        """The map as int32 H×W row ids and its table (``table(names)``): what a batch carries,
+        ``encode``'s result being ``table[labels]`` (the model looks it up on its device)."""
         labels = np.asarray(semantic_map.labels)
         if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
             raise PrismerError(f"a label map must be a 2-D integer array, got {labels.dtype} {labels.shape}")
@@ -98,7 +104,7 @@ class LabelEncoder:
                 f"label map values run from {labels.min()} to {labels.max()}, "
                 f"but only {len(names)} label names were given (0 is background)"
             )
-        return self.table(names)[labels]
+        return labels.astype(np.int32, copy=False), self.table(names)
 
     # -- files -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
