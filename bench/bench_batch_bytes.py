@@ -27,29 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import SIX, loader_images_per_s, machine, prepare, training_data  # noqa: E402
+from bench_train import SIX, tensor_bytes, loader_images_per_s, machine, prepare, training_data  # noqa: E402
 
 
 def batch_bytes(batch) -> dict[str, int]:
-    """Bytes of every tensor of a collated batch, summed by the part of the batch holding it."""
-    import torch
-
-    parts: dict[str, int] = {}
-
-    def add(part: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            parts[part] = parts.get(part, 0) + value.nbytes
-        elif isinstance(value, dict):
-            for item in value.values():
-                add(part, item)
-        elif dataclasses.is_dataclass(value):
-            for item in dataclasses.fields(value):
-                add(item.name if value is batch.inputs else part, getattr(value, item.name))
-
-    add("inputs", batch.inputs)
-    for name in ("input_ids", "attention_mask", "labels"):
-        add("text", getattr(batch, name))
-    return parts
+    """Bytes of a collated batch's tensors by part: each field of its inputs, and the text."""
+    parts = {item.name: tensor_bytes(getattr(batch.inputs, item.name)) for item in dataclasses.fields(batch.inputs)}
+    parts["text"] = sum(tensor_bytes(getattr(batch, name)) for name in ("input_ids", "attention_mask", "labels"))
+    return {name: size for name, size in parts.items() if size}
 
 
 def main() -> None:

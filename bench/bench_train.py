@@ -227,6 +227,7 @@ def engine_bench(args) -> dict:
         labels = ids.clone()
         labels[:, :8] = -100  # the prompt
         batch = Batch(_batch(model, count), ids, torch.ones_like(ids), labels, ["caption"] * count, [])
+        batch = batch.pin_memory() if cuda else batch  # as the training loader hands it over
         first_loss, flops = counted_flops(lambda: engine.step(batch))  # also the first warm-up step
         finish = (lambda: torch.cuda.synchronize(ctx.device)) if cuda else (lambda: None)
         for _ in range(args.warmup_steps):
@@ -238,11 +239,18 @@ def engine_bench(args) -> dict:
         finish()
         seconds = time.perf_counter() - start
         images_per_s = args.steps * count * ctx.world_size / seconds
+        copies = []  # the step's copy of its batch from the host, on its own
+        for _ in range(3):
+            copy_start = time.perf_counter()
+            batch.to(ctx.device, engine.dtype if engine.dtype != torch.float32 else None)
+            finish()
+            copies.append(time.perf_counter() - copy_start)
         utilisation = mfu(images_per_s, flops / count, str(ctx.device), ctx.world_size)
         results["rows"].append({
             "experts": list(experts), "images_per_s": round(images_per_s, 2), "step_seconds": round(seconds / args.steps, 4),
             "mfu": significant(utilisation), "flops_per_image": flops / count,
             "loss_first": round(first_loss, 4), "loss_last": round(last_loss, 4),
+            "batch_mb": round(tensor_bytes(batch) / 1e6, 1), "batch_copy_s": round(statistics.median(copies), 4),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if cuda else None,
         })
         print(json.dumps(results["rows"][-1]), file=sys.stderr, flush=True)
@@ -252,6 +260,21 @@ def engine_bench(args) -> dict:
             torch.cuda.empty_cache()
     ctx.close()  # also the group DeepSpeed joins for one process
     return results if ctx.is_main else None
+
+
+def tensor_bytes(value) -> int:
+    """Bytes of every tensor in a batch (dataclasses and dicts of tensors, followed down)."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if dataclasses.is_dataclass(value):
+        return sum(tensor_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 0
 
 
 def machine() -> dict:

@@ -291,6 +291,8 @@ def summary(report: dict) -> str:
         if name.startswith("train_"):
             mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "-"
             figures = f"{result['engine']}, {result['images_per_s']} images/s, MFU {mfu}, batch {result['batch_size']}"
+            if result.get("batch_copy_s") is not None:  # the batch's copy from the host, on its own
+                figures += f" ({result['batch_mb']} MB, copied in {result['batch_copy_s']} s)"
         elif name == "caption":
             figures = ", ".join(f"batch {row['batch']}: {row['seconds']:.3f} s" for row in result["rows"])
         elif name == "experts":

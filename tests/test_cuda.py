@@ -16,8 +16,10 @@ import torch
 
 from inference_helpers import CAPTION_PROMPT, demo_tokenizer, small_spec
 from plugin_helpers import run_cli
+from prismer_core.data.dataset import Batch
 from prismer_core.demo import generate_demo
 from prismer_core.inference import Predictor
+from prismer_core.inputs import ModelInputs
 from prismer_core.train.distributed import deepspeed_installed
 from prismer_core.train.utilisation import peak_flops
 
@@ -101,6 +103,24 @@ def test_captions_in_bf16_on_the_device(trained_run, demo, accelerator):
     lines = result.stdout.strip().splitlines()[-len(images):]
     assert [line.split(": ", 1)[0] for line in lines] == [str(image) for image in images]
     assert all(len(line.split(": ", 1)[1].split()) >= 2 for line in lines)
+
+
+def test_the_training_loader_hands_the_gpu_page_locked_batches(accelerator):
+    """``pin_memory=True`` pins only what says how: a dataclass batch stayed pageable, so each
+    copy to the GPU was synchronous, until Batch and ModelInputs learnt ``pin_memory``."""
+    if not on_gpu(accelerator):
+        pytest.skip("page-locked memory is for copies to a GPU")
+    inputs = ModelInputs(torch.randn(2, 3, 8, 8), {"edge": torch.rand(2, 1, 8, 8), "seg": torch.zeros(2, 8, 8, dtype=torch.int32)},
+                         {"seg": torch.zeros(2, 8, 8, dtype=torch.long)}, {"edge": torch.ones(2, dtype=torch.bool)},
+                         {"seg": torch.rand(2, 3, 64)})
+    ids = torch.ones(2, 5, dtype=torch.long)
+    batch = Batch(inputs, ids, ids, ids, ["caption", "caption"], [])
+    loader = torch.utils.data.DataLoader([0], batch_size=1, collate_fn=lambda _: batch, pin_memory=True)
+    pinned = next(iter(loader))
+    tensors = [pinned.inputs.rgb, *pinned.inputs.experts.values(), *pinned.inputs.instances.values(),
+               *pinned.inputs.present.values(), *pinned.inputs.label_tables.values(),
+               pinned.input_ids, pinned.attention_mask, pinned.labels]
+    assert len(tensors) == 10 and all(t.is_pinned() for t in tensors)
 
 
 def test_the_default_engine_trains_on_one_device(demo, accelerator):

@@ -22,7 +22,7 @@ bad image deep in a loader worker reaches the training loop as a message naming 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -160,6 +160,12 @@ class Batch:
     @property
     def size(self) -> int:
         return int(self.input_ids.shape[0])
+
+    def pin_memory(self) -> "Batch":
+        """The inputs and text tensors page-locked (the DataLoader's ``pin_memory=True`` calls
+        this; without it a dataclass batch stayed pageable and every copy to the GPU blocked)."""
+        return replace(self, inputs=self.inputs.pin_memory(), input_ids=self.input_ids.pin_memory(),
+                       attention_mask=self.attention_mask.pin_memory(), labels=self.labels.pin_memory())
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
         """Move to ``device``; float maps are cast to ``dtype`` when given (DeepSpeed bf16)."""
