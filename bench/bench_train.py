@@ -253,6 +253,8 @@ def engine_bench(args) -> dict:
             "batch_mb": round(tensor_bytes(batch) / 1e6, 1), "batch_copy_s": round(statistics.median(copies), 4),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if cuda else None,
         })
+        if args.profile:
+            results["rows"][-1]["profile"] = profile_steps(lambda: engine.step(batch), cuda, finish, args.profile)
         print(json.dumps(results["rows"][-1]), file=sys.stderr, flush=True)
         engine.close()  # DeepSpeed's engine holds its memory (and the group) until destroyed
         del engine, model
@@ -260,6 +262,34 @@ def engine_bench(args) -> dict:
             torch.cuda.empty_cache()
     ctx.close()  # also the group DeepSpeed joins for one process
     return results if ctx.is_main else None
+
+
+def profile_steps(step, cuda: bool, finish, steps: int, top: int = 15) -> dict:
+    """Where ``steps`` training steps spend their time, by torch.profiler: wall seconds and
+    kernel (self) seconds a step, op calls a step, and the ops that take the most self time on
+    the GPU (on the CPU for a CPU run): when kernels fill far less than the wall, the step waits
+    on the host (launches, copies, syncs) rather than on the GPU's arithmetic."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    start = time.perf_counter()
+    with profile(activities=activities) as recorded:
+        for _ in range(steps):
+            step()
+        finish()
+    wall = (time.perf_counter() - start) / steps
+    events = [e for e in recorded.key_averages() if getattr(e, key) > 0]
+    events.sort(key=lambda e: -getattr(e, key))
+    return {
+        "steps": steps, "wall_s_per_step": round(wall, 4),
+        "self_s_per_step": round(sum(getattr(e, key) for e in events) / steps / 1e6, 4),
+        "op_calls_per_step": sum(e.count for e in recorded.key_averages() if e.key.startswith("aten::")) // steps,
+        "top": [{"name": e.key[:90], "calls_per_step": e.count // steps, "ms_per_step": round(getattr(e, key) / steps / 1e3, 2)}
+                for e in events[:top]],
+        "torch": torch.__version__,
+    }
 
 
 def tensor_bytes(value) -> int:
@@ -317,6 +347,8 @@ def main() -> None:
                         help="override a spec field, e.g. image_size=32 (repeatable)")
     engine.add_argument("--expert-sets", default="none,six", help="comma-separated: none (PrismerZ), six")
     engine.add_argument("--warmup-steps", type=int, default=2, help="untimed steps after the first (FLOP-counted) one")
+    engine.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile this many steps (torch.profiler): the ops that take the time")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if args.gpu:

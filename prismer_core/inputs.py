@@ -6,7 +6,7 @@ evaluation and the predictor alike, and taken by the model's ``forward``, ``gene
 its map (empty: all of them), so a run with missing experts can say so instead of feeding zeros.
 
 A semantic expert's map travels compact: an S×S map of label ids and a short table of each
-sample's label embeddings (``label_tables``); the model looks the ids up on its own device.
+sample's label embeddings (``label_tables``); the model's semantic stems read them as they are.
 Expanded on the host, three semantic experts made a 224 px sample 41 MB (64 floats a pixel each),
 2.6 GB a batch of 64 to copy to a GPU every step; compact, 3 MB.
 """

@@ -12,7 +12,7 @@ from model_helpers import SIX, experts, make_batch, small_spec
 from prismer_core.errors import PrismerError
 from prismer_core.inputs import ModelInputs
 from prismer_core.model import build_model
-from prismer_core.model.stems import ExpertStem
+from prismer_core.model.stems import ExpertStem, LabelMap, label_cell_means
 from prismer_core.model.vision import VisionEncoder, load_vision_tower
 from prismer_core.specs import ModelSpecError, load_spec
 from prismer_core.text import TextCodec
@@ -164,13 +164,13 @@ def test_semantic_stem_keeps_a_small_labelled_region_whole():
     blend it into the background. Other tokens do not move."""
     torch.manual_seed(0)
     stem = ExpertStem(64, 32, semantic=True).eval()
-    label = torch.randn(64)
-    background = torch.zeros(1, 64, 64, 64)
+    table = torch.stack([torch.zeros(64), torch.randn(64)])[None]  # background, the label
+    background = torch.zeros(1, 64, 64, dtype=torch.int32)
     small, full = background.clone(), background.clone()
-    small[0, :, 20:24, 4:8] = label[:, None, None]  # 4×4 pixels inside token (1, 0)'s 16×16 cell
-    full[0, :, 16:32, 0:16] = label[:, None, None]
+    small[0, 20:24, 4:8] = 1  # 4×4 pixels inside token (1, 0)'s 16×16 cell
+    full[0, 16:32, 0:16] = 1
     with torch.no_grad():
-        plain, with_small, with_full = (stem(m)[0].reshape(4, 4, 32) for m in (background, small, full))
+        plain, with_small, with_full = (stem(LabelMap(m, table))[0].reshape(4, 4, 32) for m in (background, small, full))
     raised = with_full[1, 0] > plain[1, 0]
     assert raised.any() and torch.allclose(with_small[1, 0][raised], with_full[1, 0][raised])
     moved = (with_small - plain).abs().sum(-1) > 0
@@ -180,7 +180,7 @@ def test_semantic_stem_keeps_a_small_labelled_region_whole():
 def test_instance_embedding_marks_each_instance_without_a_loop():
     torch.manual_seed(0)
     stem = ExpertStem(64, 32, semantic=True, instance_slots=128).eval()
-    maps = torch.randn(1, 64, 64, 64)
+    maps = LabelMap(torch.randint(0, 6, (1, 64, 64)), torch.randn(1, 6, 64))
     none = torch.zeros(1, 64, 64, dtype=torch.long)
     ids = none.clone()
     ids[0, :32, :32] = 3  # top-left quarter of the image: tokens (0..1, 0..1) of the 4×4 grid
@@ -369,7 +369,8 @@ def test_model_inputs_move_select_and_concatenate(six_expert_model):
 
 def test_samples_with_tables_of_different_lengths_batch_and_look_up_their_own_rows(six_expert_model):
     """A sample's label ids index its own table; concatenation pads the shorter tables with zero
-    rows, and the model's lookup gives each sample the map its own table makes."""
+    rows, and the semantic stem averages each sample's cells from its own table exactly as
+    average-pooling the map ``table[ids]`` would (which is never made)."""
     model = six_expert_model
     short, long = make_batch(model, batch_size=1, seed=1), make_batch(model, batch_size=1, seed=2)
     long = replace(long, label_tables={**long.label_tables, "seg": torch.rand(1, 9, 64)})
@@ -377,9 +378,18 @@ def test_samples_with_tables_of_different_lengths_batch_and_look_up_their_own_ro
     assert both.label_tables["seg"].shape == (2, 9, 64)
     assert not both.label_tables["seg"][0, 5:].any()  # padding
     _, maps, _, _ = model._check_inputs(both)
+    means = label_cell_means(maps["seg"], 4)
     for row, part in enumerate([short, long]):
         table, ids = part.label_tables["seg"][0], part.experts["seg"][0].long()
-        assert torch.equal(maps["seg"][row], table[ids].permute(2, 0, 1))
+        expected = F.avg_pool2d(table[ids].permute(2, 0, 1)[None], 4, ceil_mode=True)[0]
+        assert torch.allclose(means[row], expected, atol=1e-6)
+
+
+def test_label_cell_means_average_a_cell_the_border_cuts_over_the_pixels_it_has():
+    ids = torch.randint(0, 7, (2, 30, 30))  # 30 = 7 whole cells of 4 and one of 2
+    table = torch.randn(2, 7, 5)
+    expected = F.avg_pool2d(torch.stack([table[b][ids[b]] for b in range(2)]).permute(0, 3, 1, 2), 4, ceil_mode=True)
+    assert torch.allclose(label_cell_means(LabelMap(ids, table), 4), expected, atol=1e-6)
 
 
 def test_specs_are_validated_with_file_and_field(tmp_path):

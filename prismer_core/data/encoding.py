@@ -2,7 +2,7 @@
 
 An image and its expert maps go through the same crop/flip/resize
 (:class:`~prismer_core.data.transforms.PairedTransform`), semantic maps through the label
-encoder (label ids and a table of their embeddings, which the model looks up), experts with
+encoder (label ids and a table of their embeddings, which the model reads), experts with
 instances get an empty instance map when the expert found none, and the image is normalised
 with the model's mean and std. An expert of the model that has no map for the sample (not
 installed here, and the run said ``--missing-experts drop``) is marked absent in

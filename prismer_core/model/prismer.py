@@ -39,6 +39,7 @@ from .contrastive import ContrastiveHeads, contrastive_loss
 from .decoder import DecoderCache, TextDecoder, load_pretrained_decoder
 from .generation import beam_search, greedy_search
 from .reconstruction import PixelReconstruction
+from .stems import LabelMap
 from .vision import VisionEncoder, load_vision_tower
 
 #: Which part each parameter belongs to, by name; every parameter matches exactly one.
@@ -390,7 +391,7 @@ class Prismer(nn.Module):
                 if low < 0 or high >= table.shape[1]:
                     raise PrismerError(f"inputs.experts['{name}'] has label ids {low}..{high}, "
                                        f"but its label table has {table.shape[1]} rows")
-                checked[name] = _looked_up(ids, table, dtype)
+                checked[name] = LabelMap(ids, table.to(dtype))
         return rgb.to(dtype), {name: checked[name] for name in self.expert_specs}, dict(inputs.instances), present
 
     def _checked_label_ids(self, name: str, ids, table, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,14 +414,6 @@ class Prismer(nn.Module):
         if ids.shape[0] != images:
             raise PrismerError(f"got {ids.shape[0]} prompts for {images} images")
         return ids, valid
-
-
-def _looked_up(ids: torch.Tensor, table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A semantic map [B, C, S, S] from label ids [B, S, S] and each sample's table [B, K, C],
-    made on the device the ids are on (one embedding lookup; no sample reads another's rows)."""
-    batch, rows, _ = table.shape
-    offsets = torch.arange(batch, device=ids.device).view(-1, 1, 1) * rows
-    return F.embedding(ids.long() + offsets, table.reshape(batch * rows, -1).to(dtype)).permute(0, 3, 1, 2).contiguous()
 
 
 @contextmanager

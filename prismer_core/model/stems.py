@@ -3,7 +3,9 @@
 Dense maps (depth, normals, edges) go through five 3×3 convolutions, the first four with
 stride 2. Semantic maps (64-channel label embeddings) are piecewise constant: they are
 averaged over 4×4 pixels, projected pixel by pixel (a 1×1 convolution) and max-pooled over
-each token's 4×4 cell. The max keeps a small labelled region (a printed word a few pixels
+each token's 4×4 cell. They arrive as label ids and a table of label embeddings
+(:class:`LabelMap`), and the 4×4 averages are each cell's label shares times the table: the
+full-resolution 64-channel map is never made. The max keeps a small labelled region (a printed word a few pixels
 high) whole where averaging or strided convolutions blend it into the background: trained on
 "what is written" questions alone, the demo model read 77% of the words after 400 steps with
 this stem and 14% with a convolution stack (docs/benchmarks.md, "`make demo`"). Experts with
@@ -14,6 +16,7 @@ with no loop.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,31 @@ from torch import nn
 #: Total downsampling of every stem: tokens lie on a grid of image_size / STEM_STRIDE.
 STEM_STRIDE = 16
 SEMANTIC_POOL = 4
+
+
+class LabelMap(NamedTuple):
+    """A semantic expert's map for a batch: label ids [B, S, S] and each sample's table of label
+    embeddings [B, K, C]; the map it stands for is ``table[ids]``, [B, S, S, C]."""
+
+    ids: torch.Tensor
+    table: torch.Tensor
+
+
+def label_cell_means(labels: LabelMap, cell: int) -> torch.Tensor:
+    """``avg_pool2d`` of the map ``labels`` stands for, over ``cell``×``cell`` pixels
+    (``ceil_mode``: a cell cut by the border averages the pixels it has), as [B, C, h, w]:
+    the share of each label in each cell (one bincount) times the table (one batched matmul)."""
+    ids, table = labels
+    batch, height, width = ids.shape
+    rows = table.shape[1]
+    grid_h, grid_w = -(-height // cell), -(-width // cell)
+    arange = lambda n: torch.arange(n, device=ids.device)  # noqa: E731
+    cells = (arange(height)[:, None] // cell) * grid_w + arange(width)[None, :] // cell  # [S, S]
+    slots = (arange(batch).view(-1, 1, 1) * (grid_h * grid_w) + cells) * rows + ids.long()
+    counts = torch.bincount(slots.flatten(), minlength=batch * grid_h * grid_w * rows)
+    counts = counts.view(batch, grid_h * grid_w, rows).to(table.dtype)
+    shares = counts / counts.sum(-1, keepdim=True)
+    return torch.bmm(shares, table).transpose(1, 2).reshape(batch, -1, grid_h, grid_w)
 
 
 def stem_grid(image_size: int) -> int:
@@ -50,10 +78,13 @@ class ExpertStem(nn.Module):
         if self.instance_embedding is not None:
             nn.init.normal_(self.instance_embedding.weight, std=width**-0.5)
 
-    def forward(self, maps: torch.Tensor, instances: torch.Tensor | None = None) -> torch.Tensor:
-        """``maps`` [B, C, S, S] (and ``instances`` [B, S, S], 0 = none) -> tokens [B, h*w, width]."""
+    def forward(self, maps: torch.Tensor | LabelMap, instances: torch.Tensor | None = None) -> torch.Tensor:
+        """``maps`` [B, C, S, S], or a :class:`LabelMap` for a semantic stem (and ``instances``
+        [B, S, S], 0 = none) -> tokens [B, h*w, width]."""
         if self.semantic:
-            pooled = F.avg_pool2d(maps, SEMANTIC_POOL, ceil_mode=True)
+            if not isinstance(maps, LabelMap):
+                raise TypeError(f"a semantic stem reads a LabelMap (label ids and their table), got {type(maps).__name__}")
+            pooled = label_cell_means(maps, SEMANTIC_POOL)
             features = F.max_pool2d(self.projection(pooled), STEM_STRIDE // SEMANTIC_POOL, ceil_mode=True)
         else:
             features = self.convs(maps)  # [B, D, h, w]

@@ -37,7 +37,7 @@ from ..specs import ModelSpec, data_dir, source_error
 from .layers import Adaptor
 from .packed import linear
 from .resampler import ExpertsResampler
-from .stems import ExpertStem, conv_stack, stem_grid
+from .stems import ExpertStem, LabelMap, conv_stack, stem_grid
 
 
 @lru_cache(maxsize=1)
@@ -253,7 +253,7 @@ class VisionEncoder(nn.Module):
     def forward(
         self,
         rgb: torch.Tensor,
-        expert_maps: Mapping[str, torch.Tensor],
+        expert_maps: Mapping[str, torch.Tensor | LabelMap],
         instances: Mapping[str, torch.Tensor],
         present: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -286,7 +286,7 @@ class VisionEncoder(nn.Module):
         return self.ln_post(x)
 
     def _expert_tokens(
-        self, maps: Mapping[str, torch.Tensor], instances: Mapping[str, torch.Tensor],
+        self, maps: Mapping[str, torch.Tensor | LabelMap], instances: Mapping[str, torch.Tensor],
         present: Mapping[str, torch.Tensor], x: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All experts' tokens [B, N, width] and which of them the resampler reads ([B, N]

@@ -94,7 +94,7 @@ class LabelEncoder:
 
     def compact(self, semantic_map: SemanticMap) -> tuple[np.ndarray, np.ndarray]:
         """The map as int32 H×W row ids and its table (``table(names)``): what a batch carries,
-        ``encode``'s result being ``table[labels]`` (the model looks it up on its device)."""
+        ``encode``'s result being ``table[labels]`` (never made in the model)."""
         labels = np.asarray(semantic_map.labels)
         if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
             raise PrismerError(f"a label map must be a 2-D integer array, got {labels.dtype} {labels.shape}")
