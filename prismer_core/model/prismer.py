@@ -395,6 +395,8 @@ class Prismer(nn.Module):
         return rgb.to(dtype), {name: checked[name] for name in self.expert_specs}, dict(inputs.instances), present
 
     def _checked_label_ids(self, name: str, ids, table, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A semantic expert's label ids and table, their shapes checked (their values are
+        checked for all semantic experts at once by the caller)."""
         size, channels = self.image_size, self.spec.semantic_channels
         if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (batch, size, size) or ids.is_floating_point():
             got = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, torch.Tensor) else "nothing"
