@@ -5,12 +5,12 @@ stride 2. Semantic maps (64-channel label embeddings) are piecewise constant: th
 averaged over 4×4 pixels, projected pixel by pixel (a 1×1 convolution) and max-pooled over
 each token's 4×4 cell. They arrive as label ids and a table of label embeddings
 (:class:`LabelMap`), and the 4×4 averages are each cell's label shares times the table: the
-full-resolution 64-channel map is never made. The max keeps a small labelled region (a printed word a few pixels
-high) whole where averaging or strided convolutions blend it into the background: trained on
-"what is written" questions alone, the demo model read 77% of the words after 400 steps with
-this stem and 14% with a convolution stack (docs/benchmarks.md, "`make demo`"). Experts with
-instance maps add a trainable instance embedding to every token of an instance, in one gather,
-with no loop.
+full-resolution 64-channel map is never made. The max keeps a small labelled region (a
+printed word a few pixels high) whole where averaging or strided convolutions blend it into
+the background: trained on "what is written" questions alone, the demo model read 77% of the
+words after 400 steps with this stem and 14% with a convolution stack (docs/benchmarks.md,
+"`make demo`"). Experts with instance maps add a trainable instance embedding to every token
+of an instance, in one gather, with no loop.
 """
 
 from __future__ import annotations
