@@ -28,7 +28,7 @@ class ModelInputs:
     #: per expert: dense maps [B, C, S, S] float in [-1, 1]; semantic ones [B, S, S] int32, each
     #: pixel a row of that sample's ``label_tables`` entry
     experts: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: per expert that has instances [B, S, S] int64 (0: no instance)
+    #: per expert that has instances [B, S, S] integers, int32 from the data path (0: no instance)
     instances: dict[str, torch.Tensor] = field(default_factory=dict)
     #: per expert [B] bool: whether each sample has that expert's map (absent key: all do)
     present: dict[str, torch.Tensor] = field(default_factory=dict)

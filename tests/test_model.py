@@ -364,7 +364,7 @@ def test_model_inputs_move_select_and_concatenate(six_expert_model):
         [batch.rgb, *batch.experts.values(), *batch.instances.values()]))
     half = batch.to("cpu", torch.bfloat16)
     assert half.rgb.dtype == half.experts["edge"].dtype == half.label_tables["seg"].dtype == torch.bfloat16
-    assert half.instances["ocr"].dtype == torch.long and half.experts["seg"].dtype == torch.int32  # ids stay integers
+    assert half.instances["ocr"].dtype == torch.long and half.experts["seg"].dtype == torch.int32  # ids keep their type
 
 
 def test_samples_with_tables_of_different_lengths_batch_and_look_up_their_own_rows(six_expert_model):

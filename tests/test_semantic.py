@@ -188,6 +188,27 @@ def test_encode_gives_one_vector_per_label(encoder):
     assert ocr.min() >= -1.0 and ocr.max() <= 1.0 and np.isfinite(ocr).all()
 
 
+def test_the_sample_encoder_hands_over_label_ids_and_their_table(encoder):
+    """What a batch carries for a semantic expert: int32 ids and the image's table, which
+    together are exactly ``encode``'s map; instance ids travel as int32 too."""
+    from prismer_core.data.encoding import SampleEncoder
+    from prismer_core.data.transforms import PairedTransform
+
+    semantic = label_map(["dog", "cat", "dog"])
+    semantic = SemanticMap(semantic.labels, semantic.names, semantic.labels.copy())
+    spec = ExpertSpec("things", "1", ExpertKind.SEMANTIC, open_vocabulary=True, has_instances=True)
+    samples = SampleEncoder(PairedTransform(48, train=False), (0.5,) * 3, (0.5,) * 3, {"things": spec}, encoder)
+    image = np.zeros((32, 48, 3), np.uint8)
+    inputs, _ = samples(image, {"things": semantic})
+    ids, table = inputs.experts["things"][0], inputs.label_tables["things"][0]
+    assert ids.dtype == torch.int32 and ids.shape == (48, 48) and table.shape == (4, 64)
+    np.testing.assert_array_equal(table.numpy(), encoder.table(semantic.names))
+    resized = SemanticMap(ids.numpy(), semantic.names)  # the transform resized the map: encode that
+    np.testing.assert_array_equal(table[ids.long()].numpy(), encoder.encode(resized))
+    assert inputs.instances["things"].dtype == torch.int32
+    assert torch.equal(inputs.instances["things"][0], ids)  # same map, same nearest resize
+
+
 def test_encode_rejects_labels_without_names(encoder):
     bad = SemanticMap(np.full((4, 4), 3, np.int64), ["dog"])
     with pytest.raises(PrismerError, match="only 1 label names"):

@@ -54,8 +54,8 @@ class SampleEncoder:
             assert isinstance(output, SemanticMap)
             ids, table = self.label_encoder.compact(SemanticMap(labels.numpy(), output.names))
             experts[name], tables[name] = torch.from_numpy(ids), torch.from_numpy(table)
-        instances = {
-            name: aligned.instances.get(name, torch.zeros(aligned.rgb.shape[1:], dtype=torch.long))[None]
+        instances = {  # int32 as the label store keeps them: half the bytes of a batch's int64
+            name: aligned.instances.get(name, torch.zeros(aligned.rgb.shape[1:], dtype=torch.int32)).to(torch.int32)[None]
             for name, spec in self.experts.items() if spec.has_instances
         }
         absent = [name for name in self.experts if name not in experts]

@@ -102,7 +102,7 @@ class ExpertStem(nn.Module):
         a random permutation of the slots (the model learns no meaning for a slot number);
         in eval mode id k uses slot k-1, so outputs are deterministic.
         """
-        ids = _nearest(instances, grid).flatten(1)  # [B, h*w]
+        ids = _nearest(instances, grid).flatten(1).long()  # [B, h*w]
         slots_count = self.instance_embedding.num_embeddings
         slots = (ids - 1).remainder(slots_count)
         if self.training:
