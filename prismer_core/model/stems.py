@@ -38,7 +38,8 @@ class LabelMap(NamedTuple):
 def label_cell_means(labels: LabelMap, cell: int) -> torch.Tensor:
     """``avg_pool2d`` of the map ``labels`` stands for, over ``cell``×``cell`` pixels
     (``ceil_mode``: a cell cut by the border averages the pixels it has), as [B, C, h, w]:
-    the share of each label in each cell (one bincount) times the table (one batched matmul)."""
+    the share of each label in each cell (one scatter-add of ones: unlike ``bincount``, it
+    does not wait for the GPU to learn its output size) times the table (one batched matmul)."""
     ids, table = labels
     batch, height, width = ids.shape
     rows = table.shape[1]
@@ -46,7 +47,9 @@ def label_cell_means(labels: LabelMap, cell: int) -> torch.Tensor:
     arange = lambda n: torch.arange(n, device=ids.device)  # noqa: E731
     cells = (arange(height)[:, None] // cell) * grid_w + arange(width)[None, :] // cell  # [S, S]
     slots = (arange(batch).view(-1, 1, 1) * (grid_h * grid_w) + cells) * rows + ids.long()
-    counts = torch.bincount(slots.flatten(), minlength=batch * grid_h * grid_w * rows)
+    flat = slots.flatten()
+    counts = torch.zeros(batch * grid_h * grid_w * rows, device=ids.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=counts.dtype))
     counts = counts.view(batch, grid_h * grid_w, rows).to(table.dtype)
     shares = counts / counts.sum(-1, keepdim=True)
     return torch.bmm(shares, table).transpose(1, 2).reshape(batch, -1, grid_h, grid_w)
