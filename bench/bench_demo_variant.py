@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--spec", default="tiny", help="tiny, or smol for the demo's LLM run (then give --steps)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="a spec override")
     parser.add_argument("--lr-scale", action="append", default=[], metavar="PART=F")
+    parser.add_argument("--train-set", action="append", default=[], metavar="FIELD=YAML",
+                        help="a TrainConfig field, e.g. group_by_image=true")
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the demo's")
     parser.add_argument("--threads", type=int, default=1)
@@ -60,6 +62,10 @@ def main() -> None:
     config = settings.train_config(folder, args.demo / "data", args.demo / "labels", experts, args.seed, spec=args.spec)
     config.spec_overrides.update(parse_yaml_values(args.set, "--set", "image_size=128"))
     config.lr_scales = parse_key_values(args.lr_scale, "--lr-scale", "vision.backbone=0.1")
+    for field, value in parse_yaml_values(args.train_set, "--train-set", "group_by_image=true").items():
+        if field not in type(config).model_fields:
+            raise PrismerError(f"--train-set {field}: no such training setting")
+        setattr(config, field, value)
     if args.steps:
         config.max_steps = args.steps
     if args.batch_size:
@@ -76,7 +82,7 @@ def main() -> None:
     table = evaluate_demo({args.name: result.checkpoint}, args.demo / "data" / "test.jsonl", folder / "eval",
                           labels=args.demo / "labels" if experts else None, console=console, show_progress=False,
                           precision=args.eval_precision)
-    row = {"name": args.name, "spec": args.spec, "seed": args.seed, "experts": list(experts), "set": args.set, "lr_scale": args.lr_scale,
+    row = {"name": args.name, "spec": args.spec, "seed": args.seed, "experts": list(experts), "set": args.set, "train_set": args.train_set, "lr_scale": args.lr_scale,
            "steps": config.max_steps, "batch_size": config.batch_size,
            "train_precision": args.train_precision, "eval_precision": args.eval_precision,
            "train_seconds": round(seconds), "val": result.val_loss, **table[args.name]}

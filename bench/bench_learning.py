@@ -206,7 +206,7 @@ class Probe:
             total = 0.0
             for start in range(0, len(data), 64):
                 batch = self.collate([data[(i, i)] for i in range(start, min(len(data), start + 64))])
-                total += float(self.model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss) * batch.size
+                total += float(self.model(**{**batch.arguments(), "pairs": None}).loss) * batch.size
             result[f"answer_loss_{kind}"] = round(total / len(data), 3)
         self.model.train()
         return result
@@ -264,7 +264,7 @@ class Probe:
         losses, contrastive_losses = [], []
         model.train()
         for step, batch in enumerate(loader, start=1):
-            output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+            output = model(**batch.arguments())
             parts = training_losses(output, self.contrastive_weight)
             if output.contrastive_loss is not None:
                 contrastive_losses.append(output.contrastive_loss.item())

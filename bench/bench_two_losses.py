@@ -68,7 +68,7 @@ def run(data: str, variant: str, steps: int, clip: float = 1.0) -> list[dict]:
         with torch.no_grad():
             for start in batches:
                 batch = collate([val[(j, j)] for j in range(start, min(start + 32, len(val)))])
-                output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+                output = model(**batch.arguments())
                 generative, contrastive = generative + float(output.loss), contrastive + float(output.contrastive_loss)
         model.train()
         return generative / len(batches), contrastive / len(batches)
@@ -77,7 +77,7 @@ def run(data: str, variant: str, steps: int, clip: float = 1.0) -> list[dict]:
     start, records = time.perf_counter(), []
     for step in range(steps):
         batch = collate([train[ref] for ref in sampler.batch(step)])
-        output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+        output = model(**batch.arguments())
         losses = training_losses(output, weight)
         optimizer.zero_grad(set_to_none=True)
         if variant in ("each", "each_image_detached"):

@@ -129,6 +129,13 @@ class DecoderSpec(_Strict):
     #: is not uniform at the start and the query/key gradients, each proportional to the other
     #: weight, are not stuck near zero). Pre-trained weights replace it where they have them.
     attention_init: Literal["bert", "fan_in"] = "bert"
+    #: The tokens the decoder can write. ``full``: the whole vocabulary (a pre-trained decoder
+    #: writes any word it knows). ``data``: the tokens of the training targets, filled in by
+    #: `prismer train` as a sorted list of ids (the saved spec holds it): a decoder trained from
+    #: scratch can never learn to write a token it was never shown, and the softmax over a 30k
+    #: vocabulary was most of the tiny model's training step. A spec with ``data`` that no
+    #: training filled in writes the full vocabulary.
+    output_vocabulary: Literal["full", "data"] | list[int] = "full"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "DecoderSpec":
@@ -136,7 +143,15 @@ class DecoderSpec(_Strict):
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.pad_token_id >= self.vocab_size:
             raise ValueError(f"pad_token_id ({self.pad_token_id}) must be below vocab_size ({self.vocab_size})")
+        ids = self.output_vocabulary
+        if isinstance(ids, list) and (not ids or ids != sorted(set(ids)) or ids[0] < 0 or ids[-1] >= self.vocab_size):
+            raise ValueError(f"output_vocabulary must be 'full', 'data' or sorted distinct token ids below vocab_size ({self.vocab_size})")
         return self
+
+    @property
+    def output_ids(self) -> list[int] | None:
+        """The ids the decoder writes, or None for the full vocabulary."""
+        return self.output_vocabulary if isinstance(self.output_vocabulary, list) else None
 
 
 class MapperSpec(_Strict):

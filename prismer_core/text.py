@@ -20,7 +20,7 @@ models that have one (the prompt is the user's turn, the target the assistant's)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -144,6 +144,14 @@ class TextCodec:
     def continuation_tokens(self, prompt: str, target: str) -> list[int]:
         """``target [END]`` as it follows ``prompt`` (a space between them when there is a prompt)."""
         return [*self.tokens(f" {target}" if prompt else target), self.end_id]
+
+    def output_vocabulary(self, pairs: Iterable[tuple[str, str]]) -> list[int]:
+        """The sorted ids of every target's tokens and the end token: all a decoder trained on
+        these (prompt, target) pairs is ever shown to write (spec ``decoder.output_vocabulary``)."""
+        ids = {self.end_id}
+        for prompt, target in pairs:
+            ids.update(self.continuation_tokens(prompt, target))
+        return sorted(ids)
 
     # -- batches ---------------------------------------------------------------------------
     def training_batch(self, prompts: Sequence[str], targets: Sequence[str], max_length: int = 64) -> TrainingText:

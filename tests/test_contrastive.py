@@ -236,7 +236,7 @@ def test_without_vision_gradient_the_contrastive_loss_leaves_the_vision_tokens_t
         model = build_model(load_spec("tiny", {"image_size": 32, **ON, "contrastive.vision_gradient": flag}), {})
         data = TrainingData(samples, SampleEncoder(PairedTransform(32), model.image_mean, model.image_std, {}), describe=True)
         batch = Collator(TextCodec.for_decoder(model.spec.decoder), contrastive=True)([data[(i, i)] for i in range(8)])
-        output = model(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+        output = model(**batch.arguments())
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(output.contrastive_loss, [p for _, p in named], allow_unused=True)
         reached[flag] = {n for (n, _), g in zip(named, grads) if g is not None and g.abs().sum() > 0}

@@ -258,6 +258,7 @@ def test_the_prompt_inference_sends_is_the_prompt_training_taught(trained, predi
     monkeypatch.setattr(predictor.model, "generate", lambda inputs, prompt, **kw: sent.append(prompt) or [[]] * len(inputs))
     predictor.caption([samples["caption"]])
     predictor.answer([samples["vqa"]], [samples["vqa"].question])
-    for row, prompt in enumerate(sent):
+    for task, prompt in zip(("caption", "vqa"), sent, strict=True):
+        row = batch.tasks.index(task)  # the collator sorts rows by length
         first_learnt = (batch.labels[row] != IGNORE_INDEX).nonzero()[0, 0].item()
         assert prompt.ids[0][prompt.valid[0]].tolist() == batch.input_ids[row, :first_learnt].tolist()

@@ -239,6 +239,39 @@ def test_score_is_the_log_likelihood_of_each_candidate(six_expert_model, codec):
         assert torch.allclose(scores[:, c], direct, atol=1e-3)
 
 
+def test_an_output_vocabulary_writes_only_its_tokens_with_the_full_softmax_restricted_to_them(codec):
+    words = codec.tokens("red blue circle star two") + [codec.end_id]
+    torch.manual_seed(0)
+    full = build_model(small_spec(), experts()).eval()
+    torch.manual_seed(0)
+    model = build_model(small_spec(**{"decoder.output_vocabulary": sorted(words)}), experts()).eval()
+    batch = make_batch(model)
+    ids = torch.tensor([[codec.begin_id, *words[:3]], [codec.begin_id, *words[2:5]]])
+    with torch.no_grad():
+        logits = model(batch, ids).logits
+        reference = full(batch, ids).logits
+    written = torch.isfinite(logits)
+    assert written.sum(-1).eq(len(words)).all() and written[..., sorted(words)].all()
+    assert torch.allclose(logits[written], reference[written], atol=1e-5)  # the same weights, the same numbers
+
+    labels = ids.clone()
+    labels[:, 0] = -100
+    out = model(batch, ids, labels=labels)
+    assert out.logits.shape == (2 * 3, len(words))  # training's logits span the output vocabulary only
+    restricted = reference[:, :3, sorted(words)].flatten(0, 1)
+    places = torch.tensor([sorted(words).index(t) for t in ids[:, 1:].flatten().tolist()])
+    assert torch.allclose(out.loss, F.cross_entropy(restricted, places), atol=1e-5)
+
+    written_ids = model.generate(batch, codec.prompt_batch(["a picture of"]), end_token_id=codec.end_id, max_new_tokens=6)
+    assert {t for row in written_ids for t in row} <= set(words)
+    outside = ids.clone()
+    outside[0, 2] = codec.tokens("dog")[0]
+    with pytest.raises(PrismerError, match=r"target token ids \[\d+\] are not in this decoder's output vocabulary"):
+        model(batch, outside, labels=outside)
+    with pytest.raises(ModelSpecError, match="output_vocabulary must be"):
+        small_spec(**{"decoder.output_vocabulary": [5, 3]})
+
+
 def test_bad_inputs_are_clear_errors(six_expert_model):
     model = six_expert_model
     batch = make_batch(model)

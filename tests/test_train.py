@@ -8,6 +8,7 @@ kill and Ctrl-C tests need a real process of their own.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from safetensors.torch import load_file
 from prismer_core.checkpoint import read_checkpoint_info
 from prismer_core.demo import generate_demo
 from prismer_core.model import Prismer
+from prismer_core.specs import load_spec
+from prismer_core.text import TextCodec
 from prismer_core.train import TrainConfig, train
 
 PRISMER = [sys.executable, "-m", "prismer_cli.main"]
@@ -64,10 +67,19 @@ def test_training_lowers_the_loss_and_writes_a_complete_run(cli, demo, tmp_path)
     result = cli(*args, "--max-steps", "40")
     assert f"checkpoint: {run / 'checkpoints' / 'step-000040'}" in result.stdout
 
+    # the tiny decoder writes the tokens of the run's targets (spec decoder.output_vocabulary: data)
+    written = json.loads((run / "run.json").read_text())["spec"]["decoder"]["output_vocabulary"]
+    codec = TextCodec.for_decoder(load_spec("tiny").decoder)
+    rows = [json.loads(line) for name in ("train.jsonl", "val.jsonl") for line in (demo / name).read_text().splitlines()]
+    targets = {token for row in rows for text in [row.get("caption"), row.get("answer")] if text
+               for token in codec.tokenizer(text)["input_ids"][1:]}  # the text's tokens and the end token
+    assert targets == set(written) and len(written) < 200
+
     losses = [r["loss"] for r in metrics(run) if "loss" in r]
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first - 2.0, (first, last)  # from ~10.3 (uniform over 30k tokens) to well below
+    assert first < math.log(len(written)) + 1.0  # about uniform over what it writes at the start
+    assert last < first - 1.0, (first, last)
     utilisation = [r["mfu"] for r in metrics(run) if "loss" in r]
     assert all(u > 0 for u in utilisation)  # against the CPU's matmul peak, measured as the run starts
     validation = [r for r in metrics(run) if "val_loss_vqa" in r]
@@ -240,3 +252,41 @@ def test_group_by_task_steps_hold_one_task_and_ranks_never_share_samples():
         assert not set(first) & set(second)
     again = StepSampler(40, 4, 12, seed=3, rank=0, world_size=2, groups=tasks, start_step=5)
     assert list(again) == [ranks[0].batch(step) for step in range(5, 12)]  # resumable mid-epoch
+
+
+def test_group_by_image_trains_every_text_of_an_image_on_one_encoding_of_it(cli, demo, tmp_path):
+    from prismer_core.data.manifest import load_data
+    from prismer_core.model import build_model
+    from prismer_core.train.trainer import collator, training_data
+
+    config = TrainConfig(data=[str(demo / "train.jsonl")], out=str(tmp_path / "unused"), tasks=["caption", "vqa"],
+                         group_by_image=True, spec_overrides={"image_size": 32}, batch_size=3)
+    torch.manual_seed(0)
+    model = build_model(load_spec("tiny", {"image_size": 32}), {}).eval()
+    samples = load_data(config.data, config.tasks).samples
+    data = training_data(config, model, {}, samples, None, None)
+    assert len(data) == len({s.image.source for s in samples}) < len(samples)
+    batch = collator(config, model)([data[(i, 7)] for i in range(3)])
+    rows = [len(data.images[i]) for i in range(3)]
+    assert batch.size == batch.inputs.rgb.shape[0] == 3 and batch.input_ids.shape[0] == sum(rows) > 3
+    by_length = sorted(range(sum(rows)), key=lambda r: (int(batch.attention_mask[r].sum()), r))
+    assert by_length == list(range(sum(rows))) and 1 < len(batch.buckets) <= 3  # captions and questions apart
+    assert sorted(batch.row_image.tolist()) == [i for i, n in enumerate(rows) for _ in range(n)]
+    assert sorted(batch.tasks) == sorted(samples[j].task for i in range(3) for j in data.images[i])
+    # reading an image by its row index is the same as repeating the image for each row
+    with torch.no_grad():
+        grouped = model(**batch.arguments())  # rows sorted by length, decoded in runs of their own width
+        repeated = model(batch.inputs.select(batch.row_image), batch.input_ids, batch.attention_mask, batch.labels)
+    assert torch.allclose(grouped.loss, repeated.loss, atol=1e-5)
+
+    run = tmp_path / "run"
+    result = cli("train", "--data", demo / "train.jsonl", "--task", "caption,vqa", "--out", run, "--group-by-image",
+                 "--max-steps", "6", "--lr", "2e-3", "--warmup-steps", "2", *SMALL)
+    assert "trained to step 6" in result.stdout
+    record = json.loads((run / "run.json").read_text())
+    assert record["config"]["group_by_image"] is True
+    epoch = [r["epoch"] for r in metrics(run) if "loss" in r][-1]
+    assert epoch == round(6 * 8 / len(data), 3)  # an epoch is every image once
+    both = cli("train", "--data", demo / "train.jsonl", "--out", tmp_path / "no", "--group-by-image", "--group-by-task",
+               *SMALL, check=False)
+    assert both.exit_code != 0 and "exclude each other" in both.stderr and not (tmp_path / "no").exists()

@@ -168,7 +168,7 @@ CONTRASTIVE_SCRIPT = textwrap.dedent(
     if ctx.active:
         from torch.nn.parallel import DistributedDataParallel
         wrapped = DistributedDataParallel(model, find_unused_parameters=True)
-    output = wrapped(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+    output = wrapped(**batch.arguments())
     # DDP averages the processes' gradients. The zero-weighted generative loss is part of what
     # is backpropagated because DDP reduces a bucket only once all its parameters that the
     # forward's outputs reach have a gradient: backpropagating the contrastive loss alone left
@@ -181,7 +181,7 @@ CONTRASTIVE_SCRIPT = textwrap.dedent(
     # A training step with both passes clips each loss's gradient on its own, then sums them.
     # The reference: the gradients DDP itself averages for each loss (a forward each), clipped.
     model.zero_grad()
-    output = wrapped(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+    output = wrapped(**batch.arguments())
     (output.loss + 0 * output.contrastive_loss).backward()
     generative = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     def clipped(g, limit=0.5):

@@ -60,6 +60,10 @@ class LMCache:
         layers = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.layers]
         return LMCache(layers, self.valid.index_select(0, rows), self.prefix)
 
+    def for_rows(self, row_image: torch.Tensor) -> "LMCache":
+        """The prefixes' cache for text rows that read image ``row_image[i]`` each."""
+        return self.reorder(row_image)
+
     def repeat_interleave(self, repeats: int) -> "LMCache":
         """Each row ``repeats`` times in a row (one image's cache for several beams or candidates)."""
         layers = [(k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0)) for k, v in self.layers]
@@ -121,6 +125,10 @@ class CausalLMDecoder(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.causal_lm.get_output_embeddings()(hidden)
+
+    def target_logits(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's logits and targets: the LM writes its whole vocabulary."""
+        return self.logits(hidden), targets
 
     def _run(self, embeds: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, cache: LMCache | None):
         trunk = self.causal_lm.base_model  # LlamaModel, GPT2Model, OPTModel...: hidden states, not logits

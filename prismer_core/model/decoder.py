@@ -62,6 +62,13 @@ class DecoderCache:
         past = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.past]
         return replace(self, past=past, valid=self.valid.index_select(0, rows))
 
+    def for_rows(self, row_image: torch.Tensor) -> "DecoderCache":
+        """The images' cache for text rows that read image ``row_image[i]`` each (training on
+        several texts of one image): the keys/values are gathered, not computed again."""
+        pick = lambda t: t.index_select(0, row_image)  # noqa: E731
+        return DecoderCache(cross=[(pick(k), pick(v)) for k, v in self.cross],
+                            cross_mask=None if self.cross_mask is None else pick(self.cross_mask))
+
     def repeat_interleave(self, repeats: int) -> "DecoderCache":
         """Each row ``repeats`` times in a row (one image's cache for several beams or candidates).
 
@@ -148,8 +155,10 @@ class LMHead(nn.Module):
         self.norm = nn.LayerNorm(spec.hidden, eps=spec.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(spec.vocab_size))
 
-    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        return linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over the vocabulary, or over its ``rows`` only (the decoder's output vocabulary)."""
+        weight, bias = (word_embeddings, self.bias) if rows is None else (word_embeddings[rows], self.bias[rows])
+        return linear(self.norm(F.gelu(self.dense(hidden))), weight, bias)
 
 
 class TextDecoder(nn.Module):
@@ -161,6 +170,15 @@ class TextDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(spec, vision_width, adaptor_hidden) for _ in range(spec.layers))
         self.lm_head = LMHead(spec)
         self._init_like_bert()
+        # The output vocabulary (spec.output_vocabulary): its ids, and each vocabulary id's place
+        # in it (-1: not written). Not saved with the weights: the checkpoint's spec holds the ids.
+        ids = spec.output_ids
+        self.register_buffer("output_ids", None if ids is None else torch.tensor(ids), persistent=False)
+        index = None
+        if ids is not None:
+            index = torch.full((spec.vocab_size,), -1, dtype=torch.long)
+            index[self.output_ids] = torch.arange(len(ids))
+        self.register_buffer("output_index", index, persistent=False)
 
     def _init_like_bert(self) -> None:
         """BERT's initialisation (normal, std 0.02) for a decoder trained from scratch, queries and
@@ -219,7 +237,25 @@ class TextDecoder(nn.Module):
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden, self.embed.tokens.weight)
+        """Logits over the whole vocabulary [..., V]; tokens outside the output vocabulary get -inf."""
+        if self.output_ids is None:
+            return self.lm_head(hidden, self.embed.tokens.weight)
+        written = self.lm_head(hidden, self.embed.tokens.weight, self.output_ids)
+        full = written.new_full((*written.shape[:-1], self.spec.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.output_ids, written)
+
+    def target_logits(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's logits [N, V_out] over the output vocabulary only, and ``targets`` [N] as
+        places in it: the cross-entropy of the two is the full softmax's, without the columns of
+        tokens the decoder never writes."""
+        if self.output_ids is None:
+            return self.lm_head(hidden, self.embed.tokens.weight), targets
+        places = self.output_index[targets]
+        if bool((places < 0).any()):
+            outside = sorted(set(targets[places < 0].tolist()))[:5]
+            raise PrismerError(f"target token ids {outside} are not in this decoder's output vocabulary "
+                               f"(spec decoder.output_vocabulary, filled in from the training data it was built for)")
+        return self.lm_head(hidden, self.embed.tokens.weight, self.output_ids), places
 
 
 def _self_attention_mask(valid: torch.Tensor, past: int, new: int) -> tuple[torch.Tensor | None, bool]:

@@ -17,7 +17,7 @@ cross-attention (:mod:`.decoder`), or a frozen causal LM read through a mapper
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,14 +196,31 @@ class Prismer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pairs: PairedText | None = None,
+        row_image: torch.Tensor | None = None,
+        buckets: Sequence[tuple[int, int, int]] | None = None,
     ) -> PrismerOutput:
         """Next-token logits [B, T, V]. With ``labels`` (aligned with ``input_ids``, -100 where
         ignored; shifted here): the mean cross-entropy over the predicted tokens, and the logits
-        of just those positions, [N, V] in row-major order of the positions. With ``pairs``
+        of just those positions, [N, V] in row-major order of the positions (V: the decoder's output
+        vocabulary, ``spec.decoder.output_vocabulary``). With ``pairs``
         (the batch's descriptions, model built with the contrastive pass): the contrastive loss
-        too, both passes over the same weights as in MaMMUT."""
+        too, both passes over the same weights as in MaMMUT. With ``row_image`` [R] the R text rows
+        read image ``row_image[i]`` each (several texts per image; images encoded once). With
+        ``buckets`` (rows sorted by length, :func:`prismer_core.data.dataset.length_buckets`) each
+        run of rows is decoded at its own width: right-padded rows give the same numbers at any
+        width, so only the padding's work is saved."""
         vision, seen = self._encode(inputs)
-        hidden, _ = self.decoder(input_ids, self.decoder.start(vision, seen), attention_mask)
+        state = self.decoder.start(vision, seen)
+        if buckets is None:
+            hidden, _ = self.decoder(input_ids, state if row_image is None else state.for_rows(row_image), attention_mask)
+        else:
+            rows = row_image if row_image is not None else torch.arange(input_ids.shape[0], device=input_ids.device)
+            parts = []
+            for first, end, width in buckets:  # contiguous runs, in order: the rows come back as they went in
+                part, _ = self.decoder(input_ids[first:end, :width], state.for_rows(rows[first:end]),
+                                       None if attention_mask is None else attention_mask[first:end, :width])
+                parts.append(F.pad(part, (0, 0, 0, input_ids.shape[1] - width)))
+            hidden = torch.cat(parts)
         contrastive = self._contrastive_loss(vision, pairs) if pairs is not None else None
         if labels is None:
             return PrismerOutput(loss=None, logits=self.decoder.logits(hidden), contrastive_loss=contrastive)
@@ -211,12 +228,12 @@ class Prismer(nn.Module):
         # answer (VQA) the full [B, T, V] product was most of a tiny model's training step.
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         predicted = targets != -100
-        logits = self.decoder.logits(hidden[predicted])
+        logits, places = self.decoder.target_logits(hidden[predicted], targets[predicted])
         reconstruction = None
         if self.reconstruction is not None:  # the RGB patch tokens follow the class token
             grid = self.encoder.grid
             reconstruction = self.reconstruction(vision[:, 1 : 1 + grid**2], inputs.rgb.to(vision.dtype), grid)
-        return PrismerOutput(loss=F.cross_entropy(logits, targets[predicted]), logits=logits, contrastive_loss=contrastive,
+        return PrismerOutput(loss=F.cross_entropy(logits, places), logits=logits, contrastive_loss=contrastive,
                              reconstruction_loss=reconstruction)
 
     def _contrastive_loss(self, vision: torch.Tensor, pairs: PairedText) -> torch.Tensor:

@@ -63,6 +63,7 @@ class TrainConfig(BaseModel):
     crop_scale: float = Field(0.5, gt=0, le=1, description="Smallest random crop as a share of the image area (1: no cropping).")
     hflip: float = Field(0.0, ge=0, le=1, description="Probability of a horizontal flip; 'left'/'right' in the text are swapped on flipped samples.")
     group_by_task: bool = Field(False, description="Give each batch one task (less padding for short VQA answers; the rarer task gets fewer steps).")
+    group_by_image: bool = Field(False, description="Batch images, not rows: each image comes with all its captions and questions, encoded once (--batch-size counts images).")
     max_text_length: int = Field(64, ge=4, description="Tokens per sample (prompt + target), longer ones are cut.")
     caption_prompt: str = Field("", description="Text the caption follows, e.g. 'a picture of' (used again at inference).")
     contrastive_weight: float | None = Field(None, ge=0, description="Weight of the contrastive (retrieval) loss added to the generative one; needs a spec with the contrastive pass (--spec-set contrastive.enabled=true) [default: 1 with it, 0 without].")
@@ -92,6 +93,8 @@ class TrainConfig(BaseModel):
     def _some_data(self) -> "TrainConfig":
         if not self.data:
             raise ValueError("no training data given (pass --data MANIFEST)")
+        if self.group_by_task and self.group_by_image:
+            raise ValueError("--group-by-task and --group-by-image exclude each other (an image's rows hold both tasks)")
         return self
 
     def validate(self) -> "TrainConfig":  # type: ignore[override]

@@ -180,7 +180,7 @@ class Engine:
 
     def forward(self, module: nn.Module, batch: Batch):
         with self.autocast():
-            return module(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+            return module(**batch.arguments())
 
     def step(self, batch: Batch) -> float:
         """One optimisation step; returns this process's generative loss."""
@@ -323,7 +323,7 @@ class DeepSpeedEngine(Engine):
     def step(self, batch: Batch) -> float:
         self.engine.train()
         batch = batch.to(self.ctx.device, self.dtype if self.dtype != torch.float32 else None)
-        output = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels, batch.pairs)
+        output = self.engine(**batch.arguments())
         self.engine.backward(sum(self.losses(output)))
         self.engine.step()
         return float(output.loss.detach().float())
@@ -332,7 +332,7 @@ class DeepSpeedEngine(Engine):
     def evaluate(self, batch: Batch) -> tuple[float, int]:
         self.engine.eval()
         batch = batch.to(self.ctx.device, self.dtype if self.dtype != torch.float32 else None)
-        loss = self.engine(batch.inputs, batch.input_ids, batch.attention_mask, batch.labels).loss
+        loss = self.engine(**{**batch.arguments(), "pairs": None}).loss
         tokens = label_tokens(batch.labels)
         return float(loss.float()) * tokens, tokens
 

@@ -21,8 +21,9 @@ from ..experts.contract import ExpertSpec
 from ..model import Prismer, build_model, part_of
 from ..specs import ModelSpec, load_spec
 
-#: Spec fields a run may change from its parent's: they say what trains, not what the model is.
-MAY_DIFFER = frozenset({"frozen", "description"})
+#: Spec fields a run may change from its parent's: they say what trains, not what the weights are
+#: (the output vocabulary picks which rows of the tied embedding are written, all of them kept).
+MAY_DIFFER = frozenset({"frozen", "description", "decoder.output_vocabulary"})
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def model_from_parent(parent: Parent, experts: Mapping[str, ExpertSpec], device:
 def _spec_differences(parent: dict[str, Any], run: dict[str, Any], prefix: str = "") -> list[str]:
     found = []
     for key in sorted(set(parent) | set(run)):
-        if not prefix and key in MAY_DIFFER:
+        if f"{prefix}{key}" in MAY_DIFFER:
             continue
         there, here = parent.get(key), run.get(key)
         if isinstance(there, dict) and isinstance(here, dict):

@@ -11,9 +11,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 
 from ..checkpoint import read_checkpoint_info
-from ..data.dataset import Batch, Collator, DataProblem, TrainingData
+from ..data.dataset import Batch, Collator, DataProblem, TrainingData, training_texts
 from ..data.encoding import SampleEncoder
 from ..data.labels import LabelSource, LiveLabels, StoredLabels
 from ..data.manifest import BadRowError, SampleSet, load_data
@@ -31,7 +31,7 @@ from ..model import Prismer, build_model
 from ..progress import make_progress
 from ..registry import get_registry
 from ..semantic import LabelEncoder, load_label_encoder
-from ..specs import load_spec
+from ..specs import DecoderSpec, ModelSpec, load_spec
 from ..text import TextCodec
 from .config import TrainConfig
 from .distributed import Distributed, choose_engine, setup_distributed
@@ -133,11 +133,12 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed, console: Console
     if latest is not None:
         model = Prismer.from_pretrained(latest[1], experts=specs)
     elif parent is not None:
+        parent = replace(parent, spec=with_output_vocabulary(parent.spec, config, [data, val], parent.info.spec))
         model = model_from_parent(parent, specs)
         new = ", ".join(parent.new_experts) or "none"
         console.print(f"starting from {parent.info.directory} (experts {', '.join(parent.info.experts) or 'none'}; new: {new})")
     else:
-        model = build_model(load_spec(config.spec, config.spec_overrides or None), specs)
+        model = build_model(with_output_vocabulary(load_spec(config.spec, config.spec_overrides or None), config, [data, val]), specs)
     encoder = label_encoder_for(specs, latest[1] if latest else parent.info.directory if parent else None)
 
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs between ranks
@@ -409,13 +410,30 @@ def require_experts(config: TrainConfig) -> dict:
     return get_registry().require(config.experts, live=config.labels is None, settings=config.expert_settings)
 
 
+def with_output_vocabulary(spec: ModelSpec, config: TrainConfig, sets: Sequence[SampleSet | None],
+                           parent: ModelSpec | None = None) -> ModelSpec:
+    """The run's spec, its decoder writing every token of the run's targets when the spec asks
+    for that (``decoder.output_vocabulary: data``, or a list, which is extended); the ids of a
+    parent checkpoint's list are kept, so what it wrote it can still write."""
+    decoder = spec.decoder
+    if not isinstance(decoder, DecoderSpec) or decoder.output_vocabulary == "full":
+        return spec
+    pairs = (pair for samples in sets if samples is not None for sample in samples.samples
+             for pair in training_texts(sample, config.caption_prompt))
+    ids = set(TextCodec.for_decoder(decoder).output_vocabulary(pairs)) | set(decoder.output_ids or ())
+    if parent is not None and isinstance(parent.decoder, DecoderSpec):
+        ids |= set(parent.decoder.output_ids or ())
+    return spec.with_overrides({"decoder.output_vocabulary": sorted(ids)})
+
+
 def training_data(config: TrainConfig, model: Prismer, specs: dict, samples, labels: LabelSource | None,
                   encoder: Any, describe: bool = False) -> TrainingData:
     """The dataset a run trains on: its samples through the model's :class:`SampleEncoder` with
     training's crop and flip (``.encoder.for_evaluation()`` gives the eval-mode one)."""
     sample_encoder = SampleEncoder(PairedTransform(model.image_size, True, (config.crop_scale, 1.0), config.hflip),
                                    model.image_mean, model.image_std, specs, encoder)
-    return TrainingData(samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout, describe=describe)
+    return TrainingData(samples, sample_encoder, labels, config.caption_prompt, config.expert_dropout, describe=describe,
+                        by_image=config.group_by_image)
 
 
 def collator(config: TrainConfig, model: Prismer, contrastive: bool = False) -> Collator:
