@@ -290,3 +290,13 @@ def test_group_by_image_trains_every_text_of_an_image_on_one_encoding_of_it(cli,
     both = cli("train", "--data", demo / "train.jsonl", "--out", tmp_path / "no", "--group-by-image", "--group-by-task",
                *SMALL, check=False)
     assert both.exit_code != 0 and "exclude each other" in both.stderr and not (tmp_path / "no").exists()
+
+
+def test_length_buckets_cut_sorted_rows_where_the_padding_saved_is_largest():
+    from prismer_core.data.dataset import length_buckets
+
+    assert length_buckets([7, 7, 7]) == ((0, 3, 7),)
+    questions_and_captions = [12] * 10 + [13] * 4 + [30, 31]
+    assert length_buckets(questions_and_captions) == ((0, 10, 12), (10, 14, 13), (14, 16, 31))
+    assert length_buckets(questions_and_captions, most=2) == ((0, 14, 13), (14, 16, 31))
+    assert length_buckets([3, 40], most=1) == ((0, 2, 40),)

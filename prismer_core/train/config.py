@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
     on_bad_row: Literal["stop", "skip"] = Field("stop", description="stop at the first bad row (missing key, unreadable image), or skip them and report a count.")
     crop_scale: float = Field(0.5, gt=0, le=1, description="Smallest random crop as a share of the image area (1: no cropping).")
     hflip: float = Field(0.0, ge=0, le=1, description="Probability of a horizontal flip; 'left'/'right' in the text are swapped on flipped samples.")
-    group_by_task: bool = Field(False, description="Give each batch one task (less padding for short VQA answers; the rarer task gets fewer steps).")
+    group_by_task: bool = Field(False, description="Give each batch one task (the rarer task then gets fewer steps; rows are decoded in length buckets either way).")
     group_by_image: bool = Field(False, description="Batch images, not rows: each image comes with all its captions and questions, encoded once (--batch-size counts images).")
     max_text_length: int = Field(64, ge=4, description="Tokens per sample (prompt + target), longer ones are cut.")
     caption_prompt: str = Field("", description="Text the caption follows, e.g. 'a picture of' (used again at inference).")

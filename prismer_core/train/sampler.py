@@ -3,9 +3,11 @@
 Each epoch draws from ``(seed, epoch)`` a fresh permutation of the samples of each group,
 cuts each into global batches, and shuffles the order of those batches. By default all
 samples form one group, so tasks mix in every batch in proportion to the data. With one
-group per task (``prismer train --group-by-task``) a batch holds one task only: short VQA
-texts are not padded to the length of captions, which makes a VQA step cheaper, but a task
-with few samples then gets few steps (on the demo, captions trained badly that way).
+group per task (``prismer train --group-by-task``) a batch holds one task only, but a task
+with few samples then gets few steps (on the demo, captions trained badly that way); that it
+spared short VQA texts the padding to caption length no longer matters, since the collator
+decodes rows in length buckets. With ``--group-by-image`` the indices are images (each
+brings all its rows).
 Step ``s`` takes the ``s``-th global batch and rank ``r`` of ``world_size`` its ``r``-th
 slice, so ranks never share a sample and a resumed run (or one with more loader workers)
 sees exactly the batches an uninterrupted run would. Each sample also gets its own seed,
