@@ -64,11 +64,11 @@ class DemoSettings:
     seed: int = 0
     scene_size: int = 192  # the generated images (the OCR expert reads words at this size)
     image_size: int = 64  # what the model sees
-    #: 1000 until the step got 1.7× cheaper (the data's output vocabulary and length buckets,
-    #: bench/bench_text_rows.py); the same minutes now hold 1500. At 1700 steps PrismerZ answered
-    #: 0.476 against 0.384 at 1000 on the test split, edge+ocr 0.464 against 0.393 (seed 0;
-    #: docs/benchmarks.md, issue 13, "Session 9").
-    steps: int = 1500
+    #: More steps help (1700: PrismerZ 0.476 against 0.384 at 1000 on the test split, edge+ocr
+    #: 0.464 against 0.393, seed 0), but on 2 cores the experts run is bound by the data loader
+    #: sharing the CPU (56 images/s whatever the model's step costs): 1500 steps made `make demo`
+    #: 12.7 minutes after the install (docs/benchmarks.md, issue 13, "Session 9").
+    steps: int = 1000
     batch_size: int = 16
     #: At 1e-3 the decoder never learnt to read even a plain signal: fed the OCR stem tokens
     #: directly and trained on "what is written" questions alone, it stayed at the prior (0.08 on
