@@ -46,6 +46,7 @@ def info(
             "spec": model_spec.name,
             "experts": list(expert_specs),
             "vision_tokens": model.num_vision_tokens,
+            "output_vocabulary": getattr(model_spec.decoder, "output_vocabulary", "full"),
             "parts": {part: {"total": c.total, "trainable": c.trainable} for part, c in report.items()},
             "total": total,
             "trainable": trainable,
@@ -64,6 +65,12 @@ def info(
         f"trainable: {trainable / 1e6:.1f}M of {total / 1e6:.1f}M ({100 * trainable / total:.1f}%) "
         f"- experts' own weights not counted; vision tokens per image: {model.num_vision_tokens}"
     )
+    writes = getattr(model_spec.decoder, "output_vocabulary", "full")
+    if writes == "data":
+        console.print("the decoder writes the tokens of its training targets (decoder.output_vocabulary: data, "
+                      "filled in by `prismer train`)")
+    elif isinstance(writes, list):
+        console.print(f"the decoder writes {len(writes)} of its {model_spec.decoder.vocab_size} tokens (decoder.output_vocabulary)")
 
 
 @app.command("specs")
