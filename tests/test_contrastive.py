@@ -154,6 +154,13 @@ def test_training_rows_pair_each_image_with_its_caption_and_share_its_key(demo):
     assert batch.pairs.ids[:, 0].eq(codec.begin_id).all()
     assert Collator(codec)(items[:8]).pairs is None  # without the pass, no texts are made
 
+    grouped = TrainingData(samples, data.encoder, describe=True, by_image=True)  # an image with all its rows
+    batch = Collator(codec, contrastive=True)([grouped[(i, i)] for i in range(4)])
+    first_rows = [grouped.images[i][0] for i in range(4)]
+    assert batch.pairs.rows.tolist() == [0, 1, 2, 3]  # one text per image, not one per row
+    assert batch.pairs.image_keys.tolist() == [keys[samples[r].image.source] for r in first_rows]
+    assert batch.input_ids.shape[0] == sum(len(grouped.images[i]) for i in range(4))
+
     questions_only = [s for s in samples if s.task == "vqa"]  # images whose caption rows are not in the data
     lonely = TrainingData(questions_only, data.encoder, describe=True)
     batch = Collator(codec, contrastive=True)([lonely[(i, i)] for i in range(4)])
