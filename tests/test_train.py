@@ -67,19 +67,10 @@ def test_training_lowers_the_loss_and_writes_a_complete_run(cli, demo, tmp_path)
     result = cli(*args, "--max-steps", "40")
     assert f"checkpoint: {run / 'checkpoints' / 'step-000040'}" in result.stdout
 
-    # the tiny decoder writes the tokens of the run's targets (spec decoder.output_vocabulary: data)
-    written = json.loads((run / "run.json").read_text())["spec"]["decoder"]["output_vocabulary"]
-    codec = TextCodec.for_decoder(load_spec("tiny").decoder)
-    rows = [json.loads(line) for name in ("train.jsonl", "val.jsonl") for line in (demo / name).read_text().splitlines()]
-    targets = {token for row in rows for text in [row.get("caption"), row.get("answer")] if text
-               for token in codec.tokenizer(text)["input_ids"][1:]}  # the text's tokens and the end token
-    assert targets == set(written) and len(written) < 200
-
     losses = [r["loss"] for r in metrics(run) if "loss" in r]
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert first < math.log(len(written)) + 1.0  # about uniform over what it writes at the start
-    assert last < first - 1.0, (first, last)
+    assert last < first - 2.0, (first, last)  # from ~10.3 (uniform over 30k tokens) to well below
     utilisation = [r["mfu"] for r in metrics(run) if "loss" in r]
     assert all(u > 0 for u in utilisation)  # against the CPU's matmul peak, measured as the run starts
     validation = [r for r in metrics(run) if "val_loss_vqa" in r]
@@ -281,10 +272,21 @@ def test_group_by_image_trains_every_text_of_an_image_on_one_encoding_of_it(cli,
 
     run = tmp_path / "run"
     result = cli("train", "--data", demo / "train.jsonl", "--task", "caption,vqa", "--out", run, "--group-by-image",
-                 "--max-steps", "6", "--lr", "2e-3", "--warmup-steps", "2", *SMALL)
+                 "--max-steps", "6", "--lr", "2e-3", "--warmup-steps", "2", *SMALL,
+                 "--spec-set", "decoder.output_vocabulary=data")
     assert "trained to step 6" in result.stdout
     record = json.loads((run / "run.json").read_text())
     assert record["config"]["group_by_image"] is True
+    # with output_vocabulary: data the decoder writes the tokens of the run's targets, and so does its checkpoint
+    written = record["spec"]["decoder"]["output_vocabulary"]
+    codec = TextCodec.for_decoder(load_spec("tiny").decoder)
+    rows = [json.loads(line) for line in (demo / "train.jsonl").read_text().splitlines()]
+    targets = {token for row in rows for text in [row.get("caption"), row.get("answer")] if text
+               for token in codec.tokenizer(text)["input_ids"][1:]}  # the text's tokens and the end token
+    assert targets == set(written) and len(written) < 200
+    first = [r["loss"] for r in metrics(run) if "loss" in r][0]
+    assert first < math.log(len(written)) + 1.0  # about uniform over what it writes at the start
+    assert Prismer.from_pretrained(run / "checkpoints" / "step-000006", experts={}).decoder.output_ids.tolist() == written
     epoch = [r["epoch"] for r in metrics(run) if "loss" in r][-1]
     assert epoch == round(6 * 8 / len(data), 3)  # an epoch is every image once
     both = cli("train", "--data", demo / "train.jsonl", "--out", tmp_path / "no", "--group-by-image", "--group-by-task",
