@@ -41,12 +41,13 @@ def info(
     report = model.parameter_report()
     total = sum(c.total for c in report.values())
     trainable = sum(c.trainable for c in report.values())
+    writes = getattr(model_spec.decoder, "output_vocabulary", "full")  # a causal LM writes its whole vocabulary
     if as_json:
         typer.echo(json.dumps({
             "spec": model_spec.name,
             "experts": list(expert_specs),
             "vision_tokens": model.num_vision_tokens,
-            "output_vocabulary": getattr(model_spec.decoder, "output_vocabulary", "full"),
+            "output_vocabulary": writes,
             "parts": {part: {"total": c.total, "trainable": c.trainable} for part, c in report.items()},
             "total": total,
             "trainable": trainable,
@@ -65,7 +66,6 @@ def info(
         f"trainable: {trainable / 1e6:.1f}M of {total / 1e6:.1f}M ({100 * trainable / total:.1f}%) "
         f"- experts' own weights not counted; vision tokens per image: {model.num_vision_tokens}"
     )
-    writes = getattr(model_spec.decoder, "output_vocabulary", "full")
     if writes == "data":
         console.print("the decoder writes the tokens of its training targets (decoder.output_vocabulary: data, "
                       "filled in by `prismer train`)")

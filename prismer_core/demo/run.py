@@ -64,10 +64,11 @@ class DemoSettings:
     seed: int = 0
     scene_size: int = 192  # the generated images (the OCR expert reads words at this size)
     image_size: int = 64  # what the model sees
-    #: More steps help (with ``decoder.output_vocabulary: data``, 1700 steps: PrismerZ 0.476 against
-    #: 0.384 at 1000 on the test split, edge+ocr 0.464 against 0.393, seed 0), but on 2 cores the experts run's data loader shares the CPU
-    #: with the model, and the machine's speed varies: 1500 steps made `make demo` 12.7 minutes
-    #: after the install, 1000 steps 6.7 minutes an hour later (docs/benchmarks.md, issue 13, "Session 9").
+    #: More steps help (with ``decoder.output_vocabulary: data``, 1700 steps: PrismerZ 0.476
+    #: against 0.384 at 1000 on the test split, edge+ocr 0.464 against 0.393, seed 0), but on 2
+    #: cores the experts run's data loader shares the CPU with the model, and the machine's speed
+    #: varies: 1500 steps made `make demo` 12.7 minutes after the install, 1000 steps 6.7 minutes
+    #: an hour later (docs/benchmarks.md, issue 13, "Session 9").
     steps: int = 1000
     batch_size: int = 16
     #: At 1e-3 the decoder never learnt to read even a plain signal: fed the OCR stem tokens
